@@ -1,0 +1,139 @@
+"""The `lifeline` command line: one entry point for the agent, the gateway, simulators and the demo."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from edge_agent import __version__
+from edge_agent.errors import LifelineError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    """Plain one-line-per-event logs to stderr, in UTC, readable in journald or a terminal."""
+    logging.Formatter.converter = time.gmtime
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, datefmt="%Y-%m-%dT%H:%M:%SZ",
+                        stream=sys.stderr, force=True)
+
+
+def fail(error: LifelineError | str, code: int = 2) -> NoReturn:
+    """Print an error an operator can act on and exit non-zero."""
+    click.echo(f"lifeline: error: {error}", err=True)
+    sys.exit(code)
+
+
+config_option = click.option(
+    "--config", "config_path", required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Path of the TOML configuration file.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="lifeline")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="Least severe log level printed.")
+def cli(log_level: str) -> None:
+    """lifeline: edge agent and sensor-ingest gateway for urban lifeline monitoring.
+
+    Sensors on pipes, streets, bridges and tunnels feed an edge agent on a small gateway board;
+    the agent detects events in real time and forwards alerts and window summaries over MQTT to
+    the central gateway, which stores them and routes alerts to city, district and township.
+    """
+    setup_logging(log_level)
+
+
+@cli.command()
+@config_option
+@click.option("--check", is_flag=True, help="Validate the configuration and exit.")
+@click.option("--precompile", is_flag=True,
+              help="Compile the detection kernels into the on-disk cache and exit (run once after install).")
+def agent(config_path: Path, check: bool, precompile: bool) -> None:
+    """Run the edge agent: read sensors, detect events, forward alerts and summaries."""
+    from edge_agent.config import load_agent_config
+
+    try:
+        config = load_agent_config(config_path)
+    except LifelineError as exc:
+        fail(exc)
+    if check:
+        click.echo(f"{config_path}: OK: agent {config.agent.id!r}, {len(config.sensor)} sensor(s)")
+        return
+    try:
+        from edge_agent.runtime import run_agent
+    except ImportError:
+        fail("the agent runtime is not part of this build yet")
+    try:
+        sys.exit(run_agent(config, precompile_only=precompile))
+    except LifelineError as exc:
+        fail(exc)
+
+
+@cli.command()
+@config_option
+@click.option("--check", is_flag=True, help="Validate the configuration and exit.")
+def gateway(config_path: Path, check: bool) -> None:
+    """Run the central gateway: store alerts and summaries, route alerts to the tiers."""
+    from gateway.config import load_gateway_config
+
+    try:
+        config = load_gateway_config(config_path)
+    except LifelineError as exc:
+        fail(exc)
+    if check:
+        click.echo(f"{config_path}: OK: gateway {config.gateway.id!r}, store {config.influx.url}")
+        return
+    try:
+        from gateway.service import run_gateway
+    except ImportError:
+        fail("the gateway service is not part of this build yet")
+    try:
+        sys.exit(run_gateway(config))
+    except LifelineError as exc:
+        fail(exc)
+
+
+@cli.command()
+@click.option("--duration", type=click.FloatRange(min=1), default=None,
+              help="Stop by itself after this many seconds and print a report.")
+def demo(duration: float | None) -> None:
+    """Run the whole chain on this machine with no configuration (broker, store, simulator, agents, gateway)."""
+    try:
+        from simulators.demo import run_demo
+    except ImportError:
+        click.echo("lifeline is installed. The demo is not part of this build yet; "
+                   "run the tests or `lifeline --help` meanwhile.")
+        return
+    try:
+        sys.exit(run_demo(duration=duration))
+    except LifelineError as exc:
+        fail(exc)
+
+
+def _register_optional() -> None:
+    """Attach command groups that live in other packages (simulators, benchmarks) once they exist."""
+    for module, name in (("simulators.cli", "simulate"), ("benchmarks.cli", "bench")):
+        if importlib.util.find_spec(module) is not None:
+            cli.add_command(getattr(importlib.import_module(module), name))
+
+
+_register_optional()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="lifeline")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Gateway configuration (contract section 4) loaded from TOML into validated, typed objects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from edge_agent.config import MqttSettings, ConfigSection, load_toml_model, read_secret_file
+
+
+class InfluxSettings(ConfigSection):
+    """`[influx]`: the time-series store, spoken to through InfluxDB's v2 write API."""
+
+    url: str = "http://127.0.0.1:8086"
+    org: str = "lifeline"
+    bucket: str = "lifeline"
+    #: Token inline; or `token_file`; or the environment variable LIFELINE_INFLUX_TOKEN.
+    token: str = Field(default="", repr=False)
+    token_file: Path | None = None
+    #: Points per write request.
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    #: Longest a point waits for its batch to fill, in milliseconds.
+    flush_interval_ms: int = Field(default=200, ge=1, le=60_000)
+    timeout_ms: int = Field(default=10_000, ge=100)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {url!r}")
+        return url
+
+    def resolved_token(self) -> str:
+        """The token from `token`, `token_file` or LIFELINE_INFLUX_TOKEN, in that order."""
+        if self.token:
+            return self.token
+        if self.token_file is not None:
+            return read_secret_file(self.token_file, "influx.token_file")
+        return os.environ.get("LIFELINE_INFLUX_TOKEN", "")
+
+
+class GatewaySection(ConfigSection):
+    """`[gateway]`: this gateway's identity and scale-out settings (all optional)."""
+
+    id: str = Field(default="gateway", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    #: Shared-subscription group; gateways in one group split the load. Empty: no sharing.
+    share_group: str = Field(default="lifeline-gw", pattern=r"^[A-Za-z0-9._-]{0,64}$")
+    #: Most messages taken from the broker but not yet confirmed by the store.
+    max_inflight: int = Field(default=20_000, ge=1)
+
+
+class GatewayConfig(ConfigSection):
+    """The whole gateway configuration file."""
+
+    mqtt: MqttSettings = MqttSettings()
+    influx: InfluxSettings = InfluxSettings()
+    gateway: GatewaySection = GatewaySection()
+
+
+def load_gateway_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Load and validate a gateway configuration file."""
+    return load_toml_model(path, GatewayConfig)
