@@ -1,4 +1,4 @@
-"""Sensor-node side of the serial frame protocol (CONTRACT section 3), as a reference to port to C."""
+"""Sensor-node side of the serial frame of CONTRACT section 3, as a reference to port to C."""
 
 from firmware_stubs.crc import crc16_modbus
 from firmware_stubs.frame import (
