@@ -1,0 +1,133 @@
+"""`anomaly` (event): deviation of the sensor from its own recent normal.
+
+A fast, outlier-robust smoother (EWMA with time constant `smooth_s` whose innovations are
+clipped at `clip` sigmas of their own running variance, so a spike moves it little) is
+compared with a slow baseline: EWMA mean of the smoothed signal over `window_s` and EWMA
+variance of its deviation over the longer `var_window_s` (the size of normal deviations is a
+slow property; over a short window a slowly wandering signal gives a noisy estimate), a
+plain average while the sensor is younger than that. After warm-up both are updated with
+deviations clipped at `clip` sigmas (2: the variance can then grow by at most 3 % per
+var_window_s/100, too slowly to chase a ramp and hide it, yet a lasting new level is learnt
+within hours). z = (smoothed - mean) / max(std, min_std) against graded limits on |z| with
+hysteresis and debounce. A mean window shorter than a day follows daily cycles; the lag it
+leaves is part of the learnt variance. No level changes during the first `warmup_s` seconds
+(no clipping then either). NaN/inf samples are skipped; a sample older than the newest
+counts as taken with it. `score` is z; `limit` is mean +/- z-limit * std, in the sensor's
+unit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.kernels._jit import kernel
+from edge_agent.kernels._layout import (
+    FP_ANOM_CLIP,
+    FP_ANOM_HYST,
+    FP_ANOM_MIN_STD,
+    FP_ANOM_SMOOTH,
+    FP_ANOM_TAU,
+    FP_ANOM_VAR_TAU,
+    FP_ANOM_WARMUP,
+    FP_ANOM_Z,
+    FS_ANOM_AGE,
+    FS_ANOM_FAST,
+    FS_ANOM_MEAN,
+    FS_ANOM_RAWVAR,
+    FS_ANOM_VAR,
+    IP_ANOM_DEBOUNCE,
+    IP_ANOM_N,
+    IS_ANOM_CNT,
+    IS_ANOM_T,
+    NO_TIME,
+)
+from edge_agent.kernels.codes import ANOMALY
+from edge_agent.kernels.events import emit
+from edge_agent.kernels.graded import change_limit, graded_step
+
+
+@kernel
+def clipped(d: float, var: float, clip2: float) -> float:
+    """`d` limited to +/- sqrt(clip2 * var) (a Huber step); no square root unless it clips."""
+    if d * d <= clip2 * var:
+        return d
+    return math.copysign(math.sqrt(clip2 * var), d)
+
+
+@kernel
+def anomaly_block(
+    values: NDArray[np.float64],
+    times_ms: NDArray[np.int64],
+    start: int,
+    stop: int,
+    s: int,
+    fp: NDArray[np.float64],
+    ip: NDArray[np.int64],
+    fs: NDArray[np.float64],
+    is_: NDArray[np.int64],
+    levels: NDArray[np.int8],
+    ev_int: NDArray[np.int64],
+    ev_float: NDArray[np.float64],
+    n_ev: int,
+) -> int:
+    """Run rule `anomaly` of sensor `s` over samples [start, stop); returns the event count."""
+    limits = fp[s, FP_ANOM_Z:FP_ANOM_Z + 4]
+    n_limits, debounce = ip[s, IP_ANOM_N], ip[s, IP_ANOM_DEBOUNCE]
+    counters = is_[s, IS_ANOM_CNT:IS_ANOM_CNT + 4]
+    hysteresis = fp[s, FP_ANOM_HYST]
+    smooth, tau, warmup = fp[s, FP_ANOM_SMOOTH], fp[s, FP_ANOM_TAU], fp[s, FP_ANOM_WARMUP]
+    var_tau = fp[s, FP_ANOM_VAR_TAU]
+    min_var = fp[s, FP_ANOM_MIN_STD] ** 2
+    clip2 = fp[s, FP_ANOM_CLIP] ** 2
+    quiet2 = limits[0] * limits[0]
+    fast, raw_var = fs[s, FS_ANOM_FAST], fs[s, FS_ANOM_RAWVAR]
+    mean, var, age = fs[s, FS_ANOM_MEAN], fs[s, FS_ANOM_VAR], fs[s, FS_ANOM_AGE]
+    last_t = is_[s, IS_ANOM_T]
+    level = np.int64(levels[s, ANOMALY])
+    last_dt, a_fast, a_slow, a_var = -1.0, 1.0, 1.0, 1.0
+    for i in range(start, stop):
+        x = values[i]
+        if not math.isfinite(x):
+            continue
+        t = times_ms[i]
+        if last_t == NO_TIME:
+            fast, raw_var, mean, var, age, last_t = x, 0.0, x, 0.0, 0.0, t
+            continue
+        dt = max(t - last_t, 0) * 0.001
+        last_t = max(last_t, t)
+        if dt != last_dt:
+            last_dt = dt
+            a_fast = -math.expm1(-dt / smooth) if smooth > 0 else 1.0
+            a_slow = -math.expm1(-dt / tau)
+            a_var = -math.expm1(-dt / var_tau)
+        age += dt
+        a_v = a_var if age >= var_tau else (max(a_var, dt / age) if age > 0 else 1.0)
+        warm = age >= warmup
+        e = x - fast
+        if warm:
+            e = clipped(e, max(raw_var, min_var), clip2)
+        fast += a_fast * e
+        raw_var = (1.0 - a_v) * (raw_var + a_v * e * e)
+        base = mean
+        d = fast - base
+        v = max(var, min_var)
+        dc = clipped(d, v, clip2) if warm else d
+        mean += a_slow * dc
+        var = (1.0 - a_v) * (var + a_v * dc * dc)
+        if not warm or (level == 0 and d * d <= quiet2 * v and counters[0] == 0):
+            continue
+        std = math.sqrt(v)
+        z = d / std
+        new = graded_step(abs(z), limits, n_limits, hysteresis, debounce, counters, level)
+        if new != level:
+            limit = base + math.copysign(change_limit(limits, new, level) * std, z)
+            n_ev = emit(ev_int, ev_float, n_ev, s, ANOMALY, new, level, i, limit, z)
+            level = new
+    fs[s, FS_ANOM_FAST], fs[s, FS_ANOM_RAWVAR] = fast, raw_var
+    fs[s, FS_ANOM_MEAN], fs[s, FS_ANOM_VAR], fs[s, FS_ANOM_AGE] = mean, var, age
+    is_[s, IS_ANOM_T] = last_t
+    levels[s, ANOMALY] = level
+    return n_ev
