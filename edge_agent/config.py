@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge_agent.contract.kinds import KIND_PATTERN, is_valid_id
 from edge_agent.contract.topics import DEFAULT_PREFIX
 from edge_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge_agent.kernels.profiles import SensorRules
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -110,9 +113,23 @@ class AgentSection(ConfigSection):
     outbox_max_messages: int = Field(default=200_000, ge=10)
     #: Seconds between retained status updates.
     status_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    #: Milliseconds the pipeline waits to gather input into one kernel batch (latency vs. CPU).
+    batch_interval_ms: float = Field(default=10.0, ge=1, le=1000)
+    #: A sensor without `gap_s` raises `gap` after this many of its learnt arrival intervals...
+    gap_multiple: float = Field(default=5.0, ge=1.5, le=1000)
+    #: ...but never after fewer seconds than this.
+    gap_floor_s: float = Field(default=5.0, gt=0, le=86400)
+    #: A sensor that has not sent anything since the agent started raises `gap` after this many seconds.
+    gap_startup_s: float = Field(default=300.0, gt=0, le=86400)
+    #: Seconds between saves of the full detection state (it is also saved at shutdown).
+    state_save_s: float = Field(default=60.0, gt=0, le=86400)
+    #: Seconds a Modbus unit has to answer a request before it counts as silent.
+    modbus_timeout_s: float = Field(default=0.5, gt=0, le=30)
 
 
 Datatype = Literal["int16", "uint16", "int32", "float32"]
+WordOrder = Literal["big", "little"]
+RegisterType = Literal["holding", "input"]
 Source = Literal["mqtt", "serial", "modbus"]
 
 
@@ -132,6 +149,10 @@ class SensorSettings(ConfigSection):
     unit: int | None = Field(default=None, ge=0, le=247)
     register_address: int | None = Field(default=None, ge=0, le=65535, alias="register")
     datatype: Datatype = "int16"
+    #: Modbus function: holding registers (code 3) or input registers (code 4).
+    register_type: RegisterType = "holding"
+    #: Word order of 2-register types: "big" = high word first at `register` (the Modbus norm).
+    word_order: WordOrder = "big"
     scale: float = 1.0
     period_s: float = Field(default=1.0, gt=0)
     # thresholds
@@ -180,12 +201,25 @@ class SensorSettings(ConfigSection):
         return self
 
 
+class RawMqttSettings(MqttSettings):
+    """`[raw_mqtt]`: the broker RawBlocks come from, when it is not the uplink's `[mqtt]`."""
+
+    #: QoS of the `P/raw/+` subscription.
+    qos: Literal[0, 1] = 1
+
+
 class AgentConfig(ConfigSection):
     """The whole agent configuration file."""
 
     agent: AgentSection
     mqtt: MqttSettings = MqttSettings()
+    #: Broker for RawBlock input; absent: the `[mqtt]` broker (with its own connection).
+    raw_mqtt: RawMqttSettings | None = None
     sensor: list[SensorSettings] = Field(default_factory=list)
+
+    def raw_input_settings(self) -> MqttSettings:
+        """The broker RawBlocks come from: `[raw_mqtt]` if given, else the uplink's `[mqtt]`."""
+        return self.raw_mqtt if self.raw_mqtt is not None else self.mqtt
 
     @model_validator(mode="after")
     def _check_unique(self) -> AgentConfig:
@@ -204,6 +238,57 @@ class AgentConfig(ConfigSection):
                     )
                 channels[key] = i
         return self
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> AgentConfig:
+        """Every sensor's thresholds and `rules` overrides must make a valid rule set."""
+        for i, s in enumerate(self.sensor):
+            sensor_rules(s, i)
+        return self
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> AgentConfig:
+        """Sensors sharing a port must agree on what the port is (frames or Modbus) and its baud."""
+        first: dict[str, int] = {}
+        for i, s in enumerate(self.sensor):
+            if s.source == "mqtt" or s.port is None:
+                continue
+            if s.port not in first:
+                first[s.port] = i
+                continue
+            j = first[s.port]
+            other = self.sensor[j]
+            if other.source != s.source:
+                raise ValueError(f"sensor[{i}].port: {s.port} is a {other.source} port (sensor[{j}]), "
+                                 f"not {s.source}")
+            if other.baud != s.baud:
+                raise ValueError(f"sensor[{i}].baud: {s.port} runs at {other.baud} (sensor[{j}]), "
+                                 f"got {s.baud}")
+        return self
+
+
+def sensor_rules(sensor: SensorSettings, index: int) -> SensorRules:
+    """The detection rules of one sensor: its kind's profile, then the contract keys, then `rules`.
+
+    `high` and `low` always come from the config (absent: none, as the contract says);
+    `hysteresis` and `debounce` only when set, else the kind's profile values. A bad value raises
+    ValueError naming `sensor[i].rules.<key>` (or `sensor[i].<key>`).
+    """
+    from edge_agent.kernels.profiles import rules_from_overrides
+
+    overrides: dict[str, Any] = {"high": list(sensor.high), "low": list(sensor.low)}
+    for key in ("hysteresis", "debounce"):
+        if key in sensor.model_fields_set:
+            overrides[key] = getattr(sensor, key)
+    overrides.update(sensor.rules)
+    try:
+        return rules_from_overrides(sensor.kind, overrides)
+    except ValueError as exc:
+        message = str(exc)
+        key = message.split(":", 1)[0]
+        section = key.split(".", 1)[0]
+        where = "rules." if key in sensor.rules or section in sensor.rules else ""
+        raise ValueError(f"sensor[{index}].{where}{message}") from exc
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -257,6 +342,6 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
 
 
 __all__ = [
-    "AgentConfig", "AgentSection", "ConfigError", "MqttSettings", "SensorSettings",
-    "is_valid_id", "load_agent_config", "load_toml_model", "read_secret_file",
+    "AgentConfig", "AgentSection", "ConfigError", "MqttSettings", "RawMqttSettings", "SensorSettings",
+    "is_valid_id", "load_agent_config", "load_toml_model", "read_secret_file", "sensor_rules",
 ]

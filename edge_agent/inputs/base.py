@@ -1,0 +1,137 @@
+"""What every input shares: the hand-off queue to the pipeline thread and throttled warnings.
+
+Inputs run on their own threads and only append to `Ingress`; the pipeline thread drains it in
+batches. A deque append is atomic under the GIL, so the hot path takes no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.backoff import LogThrottle, held_note
+
+F64Array = npt.NDArray[np.float64]
+I64Array = npt.NDArray[np.int64]
+
+#: A raw MQTT message as the network thread saw it: topic, payload, receive time (Unix ms).
+RawMessage = tuple[str, bytes | bytearray, int]
+
+_EMPTY_F64: Final = np.empty(0, dtype=np.float64)
+_EMPTY_I64: Final = np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SampleBlock:
+    """Decoded samples of one sensor (by index) with their Unix-ms times; empty = a sign of life."""
+
+    sensor: int
+    values: F64Array
+    times: I64Array
+    received_ms: int
+
+    @classmethod
+    def alive(cls, sensor: int, received_ms: int) -> SampleBlock:
+        """A block with no samples: the sensor's node is alive (a serial heartbeat)."""
+        return cls(sensor, _EMPTY_F64, _EMPTY_I64, received_ms)
+
+
+def now_ms() -> int:
+    """Wall-clock Unix time in integer milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class Ingress:
+    """The queue from inputs to the pipeline: raw MQTT payloads and already decoded blocks.
+
+    `wake` is set when a batch's worth of raw input waits (`max_bytes` or `wake_messages`), so
+    the pipeline need not sleep its full batch interval under load. Past `max_queued_bytes` the
+    MQTT thread waits for the pipeline to catch up: TCP then pushes back on the broker instead of
+    the queue growing without bound (lost blocks show up as RawBlock `seq` gaps).
+    """
+
+    def __init__(self, *, wake_messages: int = 20_000, max_messages: int = 50_000,
+                 max_bytes: int = 1 << 20, max_queued_bytes: int = 16 << 20) -> None:
+        self.raw: deque[RawMessage] = deque()
+        self.blocks: deque[SampleBlock] = deque()
+        self.wake = threading.Event()
+        self.wake_messages = wake_messages
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.max_queued_bytes = max_queued_bytes
+        self.waits = 0
+        self._space = threading.Event()
+        self._space.set()
+        self._closed = False
+
+    def put_raw(self, topic: str, payload: bytes | bytearray, received_ms: int) -> None:
+        """Queue one raw MQTT message (called on the MQTT network thread)."""
+        raw = self.raw
+        raw.append((topic, payload, received_ms))
+        queued = len(raw)
+        if queued >= self.wake_messages or queued * len(payload) >= self.max_bytes:
+            self._wake_or_wait(queued * len(payload))
+
+    def _wake_or_wait(self, queued_bytes: int) -> None:
+        """Wake the pipeline; if far behind, hold the MQTT thread until it has drained some."""
+        self.wake.set()
+        if queued_bytes >= self.max_queued_bytes and not self._closed:
+            self.waits += 1
+            self._space.clear()
+            self._space.wait(1.0)
+
+    def close(self) -> None:
+        """Release a waiting input thread for good (at shutdown)."""
+        self._closed = True
+        self._space.set()
+
+    def put_block(self, block: SampleBlock) -> None:
+        """Queue one decoded block (called on a serial or Modbus thread)."""
+        self.blocks.append(block)
+
+    def drain(self) -> tuple[list[RawMessage], list[SampleBlock]]:
+        """Take what is queued, oldest first, up to about `max_bytes` of raw payload per call.
+
+        The cap bounds the memory of one batch when input outpaces the pipeline; the rest stays
+        queued for the next call. The first payload's size stands for the others.
+        """
+        self.wake.clear()
+        raw, blocks = self.raw, self.blocks
+        count = len(raw)
+        if count:
+            first = max(len(raw[0][1]), 1)
+            count = min(count, self.max_messages, max(16, self.max_bytes // first))
+        pop = raw.popleft
+        raw_out = [pop() for _ in range(count)]
+        block_out = [blocks.popleft() for _ in range(len(blocks))]
+        self._space.set()
+        return raw_out, block_out
+
+    def pending(self) -> int:
+        """Messages and blocks waiting."""
+        return len(self.raw) + len(self.blocks)
+
+
+class ThrottledWarnings:
+    """Logs a warning per key at most once per `interval_s`, saying how many were held back.
+
+    Bad input can arrive thousands of times a second; the operator needs one line that says what
+    and how often, not a flooded journal.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
+        self.logger = logger
+        self._throttle = LogThrottle(interval_s)
+
+    def warn(self, key: str, message: str) -> None:
+        """Warn about `message` unless a warning with the same key went out less than interval_s ago."""
+        held = self._throttle.allow(key)
+        if held is not None:
+            self.logger.warning("%s%s", message, held_note(held))

@@ -1,0 +1,606 @@
+"""The detection core: ingress in, one kernel batch, Alerts and Summaries out.
+
+Raw MQTT payloads are decoded here, on the pipeline thread, and every block of a batch (from
+MQTT, serial and Modbus alike) goes into one `RuleChain.process` and one `WindowAccumulator.add`
+call: Python work is per message, never per sample. The pipeline does no I/O; the runtime
+feeds it, stores what it returns in the outbox and gives it the wall clock.
+
+Decoding: `fast_raw_block` takes the two common shapes (float32 bin; a single float) with a
+handful of checks and hands everything else to the contract's `decode_raw_block`, which
+validates fully and words the error. This halves the CPU per one-sample message, which is what
+keeps the agent near a bare MQTT subscriber's cost. Blocks are grouped by sensor (stable, so each
+sensor's samples stay in arrival order) and their times filled by one small kernel.
+
+Alert ids: `"{agent}:{sensor}:{rule}:{level}@{ts}"`. It is built from the event itself, so a
+re-send carries the same id, and a block replayed after a crash (before its alert was stored)
+raises an alert with the same id again, which consumers de-duplicate. `seq` counts alerts per
+agent; the runtime persists it with each alert in the outbox.
+
+Gap fault: a sensor is silent when nothing (samples or, for serial nodes, heartbeats) has
+arrived for longer than its limit, judged by wall clock: `gap_s` from its config, else
+`gap_multiple` times its learnt arrival interval (a slowly decaying maximum of the intervals
+seen, at least `gap_floor_s`), else (nothing learnt yet) `gap_startup_s` after the agent or the
+sensor's last arrival. It raises rule `gap` level 1 and clears to 0 on the next arrival.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+import numba
+import numpy as np
+import numpy.typing as npt
+from msgpack import unpackb as _unpackb
+
+from edge_agent.contract import Alert, DecodeError, Summary, decode_raw_block, parse_topic
+from edge_agent.contract.messages import MAX_PAYLOAD_BYTES, SEQ_MODULUS
+from edge_agent.errors import TopicError
+from edge_agent.inputs.base import RawMessage, SampleBlock, ThrottledWarnings, now_ms
+from edge_agent.kernels import (
+    FAULT_RULES,
+    RULE_NAMES,
+    Events,
+    RuleChain,
+    SensorRules,
+    WindowAccumulator,
+)
+from edge_agent.registry import SensorRegistry
+
+log = logging.getLogger(__name__)
+
+F64Array = npt.NDArray[np.float64]
+I64Array = npt.NDArray[np.int64]
+
+GAP_RULE: Final = "gap"
+#: Gaps are judged at most this often (ms): silence limits are seconds, batches milliseconds.
+GAP_CHECK_MS: Final = 100
+#: Each new arrival interval decays the learnt maximum by this factor before comparing.
+INTERVAL_DECAY: Final = 0.99
+_HALF_SEQ: Final = SEQ_MODULUS // 2
+STATE_FORMAT: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GapSettings:
+    """How long a sensor may stay silent before its `gap` fault (see the module docstring)."""
+
+    multiple: float = 5.0
+    floor_s: float = 5.0
+    startup_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """Where the agent stands in the hierarchy; every Alert and Summary carries it."""
+
+    id: str
+    district: str
+    township: str
+
+
+@dataclass
+class PipelineCounters:
+    """What the pipeline has seen since start, for the agent's status message."""
+
+    messages: int = 0
+    blocks: int = 0
+    samples: int = 0
+    heartbeats: int = 0
+    decode_errors: int = 0
+    unknown_sensor: int = 0
+    seq_gaps: int = 0
+    seq_duplicates: int = 0
+    seq_resets: int = 0
+    batches: int = 0
+    alerts: int = 0
+    summaries: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Batch:
+    """One kernel batch: samples grouped in blocks of one sensor each, and each block's arrival."""
+
+    values: F64Array
+    times: I64Array
+    block_sensor: npt.NDArray[np.int32]
+    block_start: I64Array
+    #: Sensors that had any arrival (samples or heartbeats), with first and last arrival time.
+    arrived: npt.NDArray[np.int32]
+    first_arrival: I64Array
+    last_arrival: I64Array
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one pipeline step produced: alerts in seq order and at most one window summary."""
+
+    alerts: list[Alert]
+    summary: Summary | None = None
+
+
+class Pipeline:
+    """Turns queued input into Alerts (one per level change) and per-window Summaries."""
+
+    def __init__(self, registry: SensorRegistry, rules: Sequence[SensorRules], *,
+                 agent: AgentIdentity, window_s: float = 60.0, gap: GapSettings = GapSettings(),
+                 gap_s: Sequence[float | None] | None = None,
+                 expected_period_s: Sequence[float | None] | None = None,
+                 last_alert_seq: int = 0, prefix: str = "lifeline/v1",
+                 clock: Callable[[], int] = now_ms) -> None:
+        n = len(registry)
+        self.registry = registry
+        self.agent = agent
+        self.counters = PipelineCounters()
+        self.last_alert_seq = last_alert_seq
+        self.window_ms = round(window_s * 1000)
+        self.chain = RuleChain(list(rules))
+        self.windows = WindowAccumulator(n, kinds=[info.kind for info in registry.sensors])
+        self._clock = clock
+        self._warnings = ThrottledWarnings(log)
+        self._ids = registry.ids
+        self._kinds = [s.kind for s in registry.sensors]
+        self._sites = [s.site for s in registry.sensors]
+        self._topic_index = {f"{prefix}/raw/{s.id}": s.index for s in registry.mqtt_sensors()}
+        self._prefix = prefix
+        self._last_seq = [-1] * n
+        self._gap = gap
+        self._gap_fixed_ms = np.array([math.nan if g is None else g * 1000.0 for g in (gap_s or [None] * n)])
+        periods = expected_period_s or [None] * n
+        self._interval_ms = np.array([math.nan if p is None else p * 1000.0 for p in periods])
+        self._last_arrival = np.full(n, -1, dtype=np.int64)
+        self._last_value = np.full(n, math.nan)
+        self._gap_level = np.zeros(n, dtype=np.int8)
+        start = clock()
+        self._started_ms = start
+        self._gaps_checked = start - GAP_CHECK_MS
+        self._window_t0 = start - start % self.window_ms
+
+    # ------------------------------------------------------------------ one step
+
+    def warm_up(self) -> None:
+        """Load the compiled kernels now (an empty batch), not on the first real sample."""
+        values, times = np.empty(0), np.empty(0, dtype=np.int64)
+        sensors, starts = np.empty(0, dtype=np.int32), np.zeros(1, dtype=np.int64)
+        self.chain.process(values, times, sensors, starts)
+        self.windows.add(values, sensors, starts, times)
+        fill_times(times, values, starts, times)
+
+    def step(self, raw: Sequence[RawMessage], blocks: Sequence[SampleBlock],
+             now: int | None = None) -> StepResult:
+        """Decode and detect one batch, then check gaps and the summary window at wall time `now`."""
+        now = self._clock() if now is None else now
+        alerts: list[Alert] = []
+        batch = self.build_batch(raw, blocks)
+        if batch is not None:
+            events = self._run_kernels(batch)  # first: if a kernel fails, no seq has been used
+            alerts += self._arrivals(batch)
+            alerts += self._event_alerts(batch, events)
+        if now - self._gaps_checked >= GAP_CHECK_MS or now < self._gaps_checked:
+            self._gaps_checked = now
+            alerts += self._check_gaps(now)
+        return StepResult(alerts, self._summary_due(now))
+
+    def build_batch(self, raw: Sequence[RawMessage], blocks: Sequence[SampleBlock]) -> Batch | None:
+        """Decode raw messages and join them with decoded blocks, grouped by sensor in arrival order."""
+        sensors: list[int] = []
+        values: list[Any] = []
+        counts: list[int] = []
+        base: list[int] = []
+        step: list[float] = []
+        received: list[int] = []
+        explicit: dict[int, I64Array] = {}
+        self._decode_raw(raw, sensors, values, counts, base, step, received, explicit)
+        for block in blocks:
+            explicit[len(sensors)] = block.times
+            sensors.append(block.sensor)
+            values.append(block.values)
+            counts.append(len(block.values))
+            base.append(0)
+            step.append(0.0)
+            received.append(block.received_ms)
+        if not sensors:
+            return None
+        scalars = sum(1 for v in values if type(v) is float)
+        return _assemble(sensors, values, counts, base, step, received, explicit, self.counters, scalars)
+
+    def _decode_raw(self, raw: Sequence[RawMessage], sensors: list[int], values: list[Any],
+                    counts: list[int], base: list[int], step: list[float], received: list[int],
+                    explicit: dict[int, I64Array]) -> None:
+        """Decode RawBlocks into the parallel lists; bad ones are counted and warned about."""
+        topic_index, ids, last_seq = self._topic_index, self._ids, self._last_seq
+        counters = self.counters
+        counters.messages += len(raw)
+        for topic, payload, recv in raw:
+            idx = topic_index.get(topic)
+            if idx is None:
+                self._unknown_topic(topic)
+                continue
+            fast = fast_raw_block(payload, ids[idx])
+            if fast is None:
+                try:
+                    block = decode_raw_block(payload, ids[idx])
+                except DecodeError as exc:
+                    counters.decode_errors += 1
+                    self._warnings.warn(f"decode {ids[idx]}", f"dropped a bad RawBlock on {topic}: {exc}")
+                    continue
+                v: Any = block.values
+                t0, dt, seq, ts = block.t0, block.dt, block.seq, block.ts
+            else:
+                v, t0, dt, seq = fast
+                ts = None
+            if seq is not None:
+                last = last_seq[idx]
+                last_seq[idx] = seq
+                if last >= 0:
+                    ahead = (seq - last) % SEQ_MODULUS
+                    if ahead == 0:
+                        counters.seq_duplicates += 1
+                        continue
+                    if ahead < _HALF_SEQ:
+                        counters.seq_gaps += ahead - 1
+                    else:
+                        counters.seq_resets += 1
+            n = 1 if type(v) is float else len(v)
+            if ts is not None:
+                explicit[len(sensors)] = ts
+                base.append(0)
+                step.append(0.0)
+            else:
+                dt = dt or 0.0
+                base.append(t0 if t0 else recv - round((n - 1) * dt))
+                step.append(dt)
+            sensors.append(idx)
+            values.append(v)
+            counts.append(n)
+            received.append(recv)
+
+    def _unknown_topic(self, topic: str) -> None:
+        self.counters.unknown_sensor += 1
+        try:
+            sensor = parse_topic(self._prefix, topic).sensor
+        except TopicError as exc:
+            self._warnings.warn("topic", f"dropped a RawBlock: {exc}")
+            return
+        self._warnings.warn(f"unknown {sensor}", f"dropped a RawBlock for {sensor!r}, which is not an "
+                            "MQTT sensor of this agent")
+
+    # ------------------------------------------------------------------ detection
+
+    def _run_kernels(self, batch: Batch) -> Events | None:
+        """Run the rule chain and the window features over the batch."""
+        if len(batch.block_sensor) == 0:
+            return None
+        self.counters.batches += 1
+        events = self.chain.process(batch.values, batch.times, batch.block_sensor, batch.block_start)
+        self.windows.add(batch.values, batch.block_sensor, batch.block_start, batch.times)
+        ends = batch.block_start[1:] - 1
+        self._last_value[batch.block_sensor] = batch.values[ends]
+        return events
+
+    def _event_alerts(self, batch: Batch, events: Events | None) -> list[Alert]:
+        """One Alert per level change the kernels reported, in sample order."""
+        if events is None or len(events) == 0:
+            return []
+        values, times = batch.values, batch.times
+        alerts = []
+        for s, r, level, prev, i, limit, score in zip(
+                events.sensor.tolist(), events.rule.tolist(), events.level.tolist(),
+                events.prev.tolist(), events.index.tolist(), events.limit.tolist(),
+                events.score.tolist()):
+            rule = RULE_NAMES[r]
+            extra: dict[str, Any] = {}
+            if not math.isnan(score):
+                extra["score"] = score
+            if rule in FAULT_RULES:
+                extra["fault"] = True
+            alerts.append(self._alert(s, rule, level, prev, float(values[i]), int(times[i]),
+                                      None if math.isnan(limit) else limit, extra))
+        return alerts
+
+    def _alert(self, sensor: int, rule: str, level: int, prev: int, value: float, ts: int,
+               limit: float | None, extra: dict[str, Any]) -> Alert:
+        """The next Alert in seq order."""
+        self.last_alert_seq += 1
+        self.counters.alerts += 1
+        sensor_id = self._ids[sensor]
+        return Alert(
+            id=f"{self.agent.id}:{sensor_id}:{rule}:{level}@{ts}", agent=self.agent.id,
+            sensor=sensor_id, kind=self._kinds[sensor], site=self._sites[sensor],
+            township=self.agent.township, district=self.agent.district, rule=rule, level=level,
+            prev=prev, value=value, ts=ts, seq=self.last_alert_seq, limit=limit, extra=extra or None,
+        )
+
+    # ------------------------------------------------------------------ gaps
+
+    def _arrivals(self, batch: Batch) -> list[Alert]:
+        """Learn arrival intervals and clear the gap of every sensor that sent something."""
+        s = batch.arrived
+        prev = self._last_arrival[s]
+        seen = prev >= 0
+        interval = (batch.first_arrival - prev).astype(np.float64)
+        learnt = self._interval_ms[s]
+        decayed = np.where(np.isnan(learnt), interval, np.fmax(learnt * INTERVAL_DECAY, interval))
+        self._interval_ms[s] = np.where(seen, decayed, learnt)
+        self._last_arrival[s] = batch.last_arrival
+        cleared = s[self._gap_level[s] > 0]
+        alerts = []
+        for sensor in cleared.tolist():
+            self._gap_level[sensor] = 0
+            value = self._first_value(batch, sensor)
+            alerts.append(self._alert(sensor, GAP_RULE, 0, 1, value[0], value[1], None,
+                                      {"fault": True}))
+        return alerts
+
+    def _first_value(self, batch: Batch, sensor: int) -> tuple[float, int]:
+        """The first sample of `sensor` in the batch, or its last known value at its arrival time."""
+        hit = np.flatnonzero(batch.block_sensor == sensor)
+        if len(hit):
+            i = int(batch.block_start[hit[0]])
+            return float(batch.values[i]), int(batch.times[i])
+        last = self._last_value[sensor]
+        return (0.0 if math.isnan(last) else float(last)), int(self._last_arrival[sensor])
+
+    def gap_limits_ms(self) -> F64Array:
+        """Each sensor's current silence limit in ms (see the module docstring)."""
+        g = self._gap
+        learnt = np.fmax(self._interval_ms * g.multiple, g.floor_s * 1000.0)
+        limit = np.where(np.isnan(self._interval_ms), g.startup_s * 1000.0, learnt)
+        return np.where(np.isnan(self._gap_fixed_ms), limit, self._gap_fixed_ms)
+
+    def _check_gaps(self, now: int) -> list[Alert]:
+        """Raise `gap` for every sensor silent beyond its limit by wall clock."""
+        since = np.where(self._last_arrival >= 0, self._last_arrival, self._started_ms)
+        silent = (now - since) > self.gap_limits_ms()
+        raised = np.flatnonzero(silent & (self._gap_level == 0))
+        alerts = []
+        for sensor in raised.tolist():
+            self._gap_level[sensor] = 1
+            last = self._last_value[sensor]
+            silent_s = (now - int(since[sensor])) / 1000.0
+            alerts.append(self._alert(sensor, GAP_RULE, 1, 0, 0.0 if math.isnan(last) else float(last),
+                                      now, None, {"fault": True, "silent_s": silent_s}))
+        return alerts
+
+    def sensors_in_gap(self) -> int:
+        """How many sensors have their `gap` fault raised now."""
+        return int(np.count_nonzero(self._gap_level))
+
+    # ------------------------------------------------------------------ summaries
+
+    def _summary_due(self, now: int) -> Summary | None:
+        """The summary of the window that ended at or before `now`, if one did (None if it was empty)."""
+        t1 = self._window_t0 + self.window_ms
+        if now < t1:
+            return None
+        summary = self.summary(self._window_t0, t1)
+        self._window_t0 = now - now % self.window_ms
+        return summary
+
+    def summary(self, t0: int, t1: int) -> Summary | None:
+        """Take the window features gathered so far as the Summary of [t0, t1); None if no data."""
+        features = self.windows.take()
+        rows = np.flatnonzero(np.asarray(features.n) > 0)
+        if len(rows) == 0:
+            return None
+        extra: dict[str, F64Array] = {}
+        for name in ("rms", "f_peak", "f_shift"):
+            column = getattr(features, name, None)
+            if column is not None and not np.all(np.isnan(np.asarray(column)[rows])):
+                extra[name] = np.asarray(column, dtype=np.float64)[rows]
+        self.counters.summaries += 1
+        return Summary(
+            agent=self.agent.id, township=self.agent.township, district=self.agent.district,
+            t0=t0, t1=t1, sensor=[self._ids[i] for i in rows.tolist()],
+            kind=[self._kinds[i] for i in rows.tolist()], site=[self._sites[i] for i in rows.tolist()],
+            n=np.asarray(features.n, dtype=np.int64)[rows],
+            min=np.asarray(features.min, dtype=np.float64)[rows],
+            max=np.asarray(features.max, dtype=np.float64)[rows],
+            mean=np.asarray(features.mean, dtype=np.float64)[rows],
+            last=np.asarray(features.last, dtype=np.float64)[rows], extra=extra,
+        )
+
+    # ------------------------------------------------------------------ durable state
+
+    def levels_blob(self) -> bytes:
+        """The current level of every (sensor, rule), small enough to store with every alert."""
+        return _savez(ids=np.array(self._ids), levels=self.chain.levels(), gap=self._gap_level)
+
+    def state_blob(self) -> bytes:
+        """The full detection state: kernel and window state, gap levels, learnt intervals, seqs."""
+        chain = {f"chain_{k}": v for k, v in self.chain.state_arrays().items()}
+        windows = {f"win_{k}": v for k, v in self.windows.state_arrays().items()}
+        return _savez(ids=np.array(self._ids), gap=self._gap_level, interval=self._interval_ms,
+                      last_value=self._last_value, last_seq=np.array(self._last_seq, dtype=np.int64),
+                      **chain, **windows)
+
+    def restore(self, state: bytes | None, levels: bytes | None) -> bool:
+        """Resume from saved blobs: the full state, then the levels saved with the latest alert.
+
+        Sensors are matched by id, so after a config change the sensors that stayed resume and
+        new ones start fresh. Unreadable or incompatible blobs are skipped with a warning.
+        """
+        restored = False
+        arrays = _loadz(state) if state is not None else None
+        if arrays is not None:
+            rows = self._saved_rows(arrays["ids"])
+            try:
+                self.chain.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("chain_")},
+                                      rows.tolist())
+            except ValueError as exc:
+                log.warning("saved rule state does not fit this version (%s); rules start afresh", exc)
+            else:
+                have = rows >= 0
+                self._gap_level[have] = arrays["gap"][rows[have]]
+                learnt = arrays["interval"][rows[have]]
+                self._interval_ms[have] = np.where(np.isnan(self._interval_ms[have]), learnt,
+                                                   self._interval_ms[have])
+                self._last_value[have] = arrays["last_value"][rows[have]]
+                for i, r in zip(np.flatnonzero(have).tolist(), rows[have].tolist()):
+                    self._last_seq[i] = int(arrays["last_seq"][r])
+                self._restore_windows(arrays, rows)
+                restored = True
+        arrays = _loadz(levels) if levels is not None else None
+        if arrays is not None:
+            rows = self._saved_rows(arrays["ids"])
+            current = self.chain.state_arrays()
+            saved_levels = arrays["levels"]
+            if saved_levels.ndim == 2 and saved_levels.shape[1] == current["levels"].shape[1]:
+                have = rows >= 0
+                current["levels"][have] = saved_levels[rows[have]]
+                self.chain.load_state(current)
+                self._gap_level[have] = arrays["gap"][rows[have]]
+                restored = True
+        return restored
+
+    def _saved_rows(self, saved_ids: np.ndarray) -> npt.NDArray[np.intp]:
+        """For each sensor, its row in saved arrays (-1: not saved)."""
+        where = {str(sensor_id): i for i, sensor_id in enumerate(saved_ids.tolist())}
+        return np.array([where.get(i, -1) for i in self._ids], dtype=np.intp)
+
+    def _restore_windows(self, arrays: dict[str, np.ndarray], rows: npt.NDArray[np.intp]) -> None:
+        have = rows >= 0
+        current = self.windows.state_arrays()
+        for key, column in current.items():
+            saved = arrays.get(f"win_{key}")
+            if saved is not None and saved.dtype == column.dtype:
+                column[have] = saved[rows[have]]
+        self.windows.load_state(current)
+
+
+_I64_MAX: Final = 2**63 - 1
+_RAW_KEYS: Final = frozenset({"v", "sensor", "values", "t0", "dt", "seq"})
+
+
+def fast_raw_block(payload: bytes | bytearray, sensor: str) -> tuple[Any, int, float | None, int | None] | None:
+    """(values, t0, dt, seq) of a plain RawBlock for `sensor`, or None to use decode_raw_block.
+
+    A fast path for the common shapes (float32 bin, or a single float), taking only what
+    `decode_raw_block` accepts: anything else, valid or not, goes to it, so errors read the same.
+    A single float comes back as a Python float, not an array, to keep one-sample messages cheap.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        obj = _unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception:  # noqa: BLE001  # msgpack raises many types; decode_raw_block names them
+        return None
+    if type(obj) is not dict or not _RAW_KEYS.issuperset(obj):
+        return None
+    v = obj.get("v")
+    if type(v) is not int or v != 1 or obj.get("sensor") != sensor or type(obj["sensor"]) is not str:
+        return None
+    raw = obj.get("values")
+    values: Any
+    if type(raw) is bytes:
+        if not raw or len(raw) % 4:
+            return None
+        values = np.frombuffer(raw, dtype="<f4")
+    elif type(raw) is list and len(raw) == 1 and type(raw[0]) is float:
+        values = raw[0]
+    else:
+        return None
+    t0 = obj.get("t0", 0)
+    if t0 is None:
+        t0 = 0
+    if type(t0) is not int or not 0 <= t0 <= _I64_MAX:
+        return None
+    seq = obj.get("seq")
+    if seq is not None and (type(seq) is not int or not 0 <= seq < SEQ_MODULUS):
+        return None
+    dt = obj.get("dt")
+    if dt is not None:
+        if type(dt) is int:
+            dt = float(dt)
+        if type(dt) is not float or not (dt > 0 and math.isfinite(dt)):
+            return None
+    elif type(values) is not float and len(values) >= 2:
+        return None
+    return values, t0, dt, seq
+
+
+@numba.njit(cache=True, nogil=True)
+def fill_times(base: I64Array, step: F64Array, starts: I64Array, out: I64Array) -> None:
+    """Sample times of regularly spaced blocks: block b's j-th sample at base[b] + rint(j * step[b])."""
+    for b in range(base.shape[0]):
+        t, dt, lo = base[b], step[b], starts[b]
+        if dt == np.floor(dt):  # whole milliseconds, the usual case: no rounding per sample
+            whole = np.int64(dt)
+            for j in range(starts[b + 1] - lo):
+                out[lo + j] = t + j * whole
+        else:
+            for j in range(starts[b + 1] - lo):
+                out[lo + j] = t + np.int64(np.rint(j * dt))
+
+
+def _savez(**arrays: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.savez(out, **{"format": np.array(STATE_FORMAT), **arrays})  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def _loadz(blob: bytes) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        log.warning("saved detection state is unreadable (%s); starting detection afresh", exc)
+        return None
+    if int(arrays.pop("format", -1)) != STATE_FORMAT:
+        return None
+    return arrays
+
+
+def _assemble(sensors: list[int], values: list[Any], counts: list[int], base: list[int],
+              step: list[float], received: list[int], explicit: dict[int, I64Array],
+              counters: PipelineCounters, scalars: int) -> Batch:
+    """Group blocks by sensor (stable, so each sensor keeps arrival order) into one Batch.
+
+    `values` holds arrays and, for one-sample RawBlocks, plain floats (`scalars` of them).
+    """
+    sensor_arr = np.array(sensors, dtype=np.int32)
+    order = np.argsort(sensor_arr, kind="stable")
+    n = np.array(counts, dtype=np.int64)[order]
+    starts = np.zeros(len(n) + 1, dtype=np.int64)
+    np.cumsum(n, out=starts[1:])
+    total = int(starts[-1])
+    ordered = [values[i] for i in order.tolist()]
+    if scalars == len(values):
+        value_arr = np.array(ordered, dtype=np.float64)
+    elif total:
+        value_arr = np.concatenate([np.array((v,)) if type(v) is float else v for v in ordered],
+                                   dtype=np.float64)
+    else:
+        value_arr = np.empty(0, dtype=np.float64)
+    time_arr = np.empty(total, dtype=np.int64)
+    fill_times(np.array(base, dtype=np.int64)[order], np.array(step, dtype=np.float64)[order], starts,
+               time_arr)
+    if explicit:
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        for block, times in explicit.items():
+            at = int(starts[position[block]])
+            time_arr[at:at + len(times)] = times
+    sorted_sensor = sensor_arr[order]
+    recv = np.array(received, dtype=np.int64)[order]
+    run_start = np.flatnonzero(np.r_[True, sorted_sensor[1:] != sorted_sensor[:-1]])
+    arrived = sorted_sensor[run_start]
+    first_arrival = np.minimum.reduceat(recv, run_start)
+    last_arrival = np.maximum.reduceat(recv, run_start)
+    bounds = np.r_[starts[run_start], total]
+    nonempty = bounds[1:] > bounds[:-1]
+    block_sensor = arrived[nonempty]
+    block_start = np.r_[bounds[:-1][nonempty], total].astype(np.int64)
+    counters.blocks += int(np.count_nonzero(n))
+    counters.heartbeats += int(len(n) - np.count_nonzero(n))
+    counters.samples += total
+    return Batch(value_arr, time_arr, block_sensor.astype(np.int32), block_start,
+                 arrived, first_arrival, last_arrival)

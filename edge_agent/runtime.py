@@ -1,0 +1,277 @@
+"""`lifeline agent`: wires config, inputs, pipeline, outbox and uplink together and runs them.
+
+Threads: one MQTT network thread for RawBlocks, one reader per serial port, one poller per
+Modbus bus, the uplink's own, and the pipeline on the main thread. The pipeline wakes every
+`batch_interval_ms` (sooner under load), runs one batch, and appends what it found to the
+outbox in one transaction with the alert counter and the rule levels, so `kill -9` loses nothing
+already detected and a restart does not raise the same alert again. SIGTERM or SIGINT stops the
+inputs, processes what is queued, saves the full detection state and lets the uplink drain for
+a few seconds before exiting 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import numpy as np
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig, sensor_rules
+from edge_agent.contract import alert_topic, summary_topic
+from edge_agent.errors import ConfigError, LifelineError
+from edge_agent.inputs.base import Ingress, ThrottledWarnings
+from edge_agent.inputs.mqtt_raw import RawMqttInput
+from edge_agent.outbox import OutboundMessage, Outbox, OutboxError
+from edge_agent.pipeline import AgentIdentity, GapSettings, Pipeline, StepResult
+from edge_agent.registry import SensorRegistry
+
+log = logging.getLogger(__name__)
+
+OUTBOX_FILE: Final = "outbox.sqlite"
+STATE_KEY: Final = "detection"
+LEVELS_KEY: Final = "levels"
+#: Seconds the uplink may take to drain on shutdown.
+STOP_TIMEOUT_S: Final = 3.0
+#: Alerts of one batch logged one per line; beyond this, one line says how many more.
+ALERT_LOG_LINES: Final = 20
+
+
+def precompile() -> int:
+    """Compile (or load from numba's on-disk cache) every kernel the agent calls."""
+    from edge_agent.kernels import RULE_NAMES, RuleChain, WindowAccumulator, default_rules
+    from edge_agent.kernels.profiles import PROFILES
+
+    started = time.monotonic()
+    rules = [default_rules(kind) for kind in PROFILES]
+    chain = RuleChain(rules)
+    windows = WindowAccumulator(len(rules), kinds=[r.kind for r in rules])
+    n = 64
+    values = np.linspace(0.0, 1.0, n * len(rules))
+    times = np.arange(n * len(rules), dtype=np.int64) * 10
+    block_sensor = np.arange(len(rules), dtype=np.int32)
+    block_start = np.arange(len(rules) + 1, dtype=np.int64) * n
+    chain.process(values, times, block_sensor, block_start)
+    windows.add(values, block_sensor, block_start, times)
+    windows.take()
+    from edge_agent.frames import crc16_modbus
+
+    crc16_modbus(b"123456789")
+    from edge_agent.pipeline import fill_times
+
+    fill_times(np.zeros(1, np.int64), np.ones(1), np.array([0, 2], np.int64), np.empty(2, np.int64))
+    log.info("kernels ready (%d rules) in %.1f s", len(RULE_NAMES), time.monotonic() - started)
+    return 0
+
+
+class Agent:
+    """One running agent: everything `run_agent` builds from the config, and its main loop."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        from edge_agent.uplink import Uplink
+
+        self.config = config
+        a = config.agent
+        self.started = time.monotonic()
+        self.registry = SensorRegistry.from_config(config)
+        try:
+            rules = [sensor_rules(s, i) for i, s in enumerate(config.sensor)]
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.outbox = Outbox(Path(a.state_dir) / OUTBOX_FILE, max_messages=a.outbox_max_messages)
+        self.pipeline = Pipeline(
+            self.registry, rules, agent=AgentIdentity(a.id, a.district, a.township),
+            window_s=a.window_s, prefix=config.raw_input_settings().prefix,
+            gap=GapSettings(multiple=a.gap_multiple, floor_s=a.gap_floor_s, startup_s=a.gap_startup_s),
+            gap_s=[s.gap_s for s in config.sensor],
+            expected_period_s=[s.period_s if s.source == "modbus" else None for s in config.sensor],
+            last_alert_seq=self.outbox.last_alert_seq,
+        )
+        if self.pipeline.restore(self.outbox.load_state(STATE_KEY), self.outbox.load_state(LEVELS_KEY)):
+            log.info("resumed detection state; last alert seq %d", self.outbox.last_alert_seq)
+        self.ingress = Ingress()
+        self.raw_input: RawMqttInput | None = None
+        if self.registry.mqtt_sensors():
+            raw = config.raw_input_settings()
+            self.raw_input = RawMqttInput(raw, client_id=raw.client_id if config.raw_mqtt and raw.client_id
+                                          else f"{a.id}-raw", ingress=self.ingress,
+                                          qos=config.raw_mqtt.qos if config.raw_mqtt else 1)
+        self.serial: list[Any] = []
+        self.modbus: list[Any] = []
+        if self.registry.serial_ports():  # imported only when used: every module costs memory
+            from edge_agent.inputs.serial_port import SerialPortReader
+
+            self.serial = [SerialPortReader(plan, self.ingress) for plan in self.registry.serial_ports()]
+        if self.registry.modbus_buses():
+            from edge_agent.inputs.modbus import ModbusBus
+
+            self.modbus = [ModbusBus(plan, self.ingress, timeout_s=a.modbus_timeout_s)
+                           for plan in self.registry.modbus_buses()]
+        self.uplink = Uplink(config.mqtt, agent_id=a.id, outbox=self.outbox, status=self.status,
+                             status_interval_s=a.status_interval_s)
+        self._stop = threading.Event()
+        self._errors = ThrottledWarnings(log)
+        self._step_errors = 0
+        self._prefix = config.mqtt.prefix
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        """Start every thread, run the pipeline until SIGTERM/SIGINT, then shut down cleanly."""
+        self._install_signals()
+        a = self.config.agent
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.registry.count_by_source().items()))
+        raw = f"; raw input {self.raw_input.settings.url}" if self.raw_input else ""
+        log.info("agent %s (%s/%s) v%s starting: %d sensor(s) (%s); uplink %s%s; state in %s",
+                 a.id, a.district, a.township, __version__, len(self.registry), counts or "none",
+                 self.config.mqtt.url, raw, a.state_dir)
+        self.pipeline.warm_up()
+        self.uplink.start()
+        if self.raw_input:
+            self.raw_input.start()
+        for reader in self.serial:
+            reader.start()
+        for bus in self.modbus:
+            bus.start()
+        interval_s = a.batch_interval_ms / 1000.0
+        next_save = time.monotonic() + a.state_save_s
+        while not self._stop.is_set():
+            if not self.ingress.pending():
+                self.ingress.wake.wait(interval_s)
+            self._step()
+            if time.monotonic() >= next_save:
+                self._save_state()
+                next_save = time.monotonic() + a.state_save_s
+        return self._shutdown()
+
+    def stop(self) -> None:
+        """Ask the main loop to finish (safe from a signal handler or another thread)."""
+        self._stop.set()
+        self.ingress.wake.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s; flushing and stopping", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _shutdown(self) -> int:
+        """Stop inputs, process what they queued, save state, let the uplink drain, close."""
+        self.ingress.close()
+        if self.raw_input:
+            self.raw_input.stop()
+        for reader in self.serial:
+            reader.stop()
+        for bus in self.modbus:
+            bus.stop()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while True:  # what was queued before the inputs stopped is processed and stored
+            self._step()
+            if not self.ingress.pending() or time.monotonic() > deadline:
+                break
+        self._save_state()
+        self.uplink.stop(timeout_s=STOP_TIMEOUT_S)
+        pending = self.outbox.counters()
+        self.outbox.close()
+        log.info("agent %s stopped; %d alert(s) and %d summary(ies) wait in the outbox",
+                 self.config.agent.id, pending.pending_alerts, pending.pending_summaries)
+        return 0
+
+    # ------------------------------------------------------------------ pipeline
+
+    def _step(self) -> None:
+        """One batch: drain inputs, detect, store alerts and summaries durably, wake the uplink."""
+        raw, blocks = self.ingress.drain()
+        try:
+            result = self.pipeline.step(raw, blocks)
+        except (LifelineError, ValueError, IndexError, ArithmeticError) as exc:
+            # A batch the pipeline cannot handle is dropped; the agent must keep running.
+            self._step_errors += 1
+            self._errors.warn("step", f"dropped a batch of {len(raw)} message(s) and {len(blocks)} "
+                              f"block(s): {type(exc).__name__}: {exc}")
+            return
+        self._store(result)
+
+    def _store(self, result: StepResult) -> None:
+        messages = [OutboundMessage(alert_topic(self._prefix, a.district, a.site, a.sensor),
+                                    a.encode(), "alert") for a in result.alerts]
+        if result.summary is not None:
+            messages.append(OutboundMessage(summary_topic(self._prefix, self.config.agent.id),
+                                            result.summary.encode(), "summary"))
+        if not messages:
+            return
+        state = {LEVELS_KEY: self.pipeline.levels_blob()} if result.alerts else None
+        try:
+            self.outbox.append(messages, last_alert_seq=self.pipeline.last_alert_seq if result.alerts
+                               else None, state=state)
+        except OutboxError as exc:
+            log.error("%s; %d alert(s) of this batch are lost", exc, len(result.alerts))
+            return
+        self.uplink.wake()
+        _log_alerts(result.alerts)
+
+    def _save_state(self) -> None:
+        try:
+            self.outbox.append([], state={STATE_KEY: self.pipeline.state_blob(),
+                                          LEVELS_KEY: self.pipeline.levels_blob()})
+        except OutboxError as exc:
+            self._errors.warn("save", f"cannot save detection state: {exc}")
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """Counters for the retained status message (called on the uplink thread)."""
+        c = self.pipeline.counters
+        gap = self.pipeline.sensors_in_gap()
+        box = self.outbox.counters()
+        serial = [r.status() for r in self.serial]
+        modbus = [b.status() for b in self.modbus]
+        out: dict[str, Any] = {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "sensors": len(self.registry),
+            "sensors_online": len(self.registry) - gap,
+            "sensors_gap": gap,
+            **c.as_dict(),
+            "bad_frames": sum(s["bad_frames"] for s in serial),
+            "batch_errors": self._step_errors,
+            "backlog": box.pending,
+            "backlog_alerts": box.pending_alerts,
+            "dropped_alerts": box.dropped_alerts,
+            "dropped_summaries": box.dropped_summaries,
+        }
+        if self.raw_input is not None:
+            out["raw_connected"] = self.raw_input.connected
+        if serial:
+            out["serial"] = serial
+        if modbus:
+            out["modbus"] = modbus
+        return out
+
+
+def _log_alerts(alerts: Sequence[Any]) -> None:
+    """One INFO line per alert (alerts are rare), capped per batch so a storm stays readable."""
+    for a in alerts[:ALERT_LOG_LINES]:
+        log.info("alert seq=%d %s %s %s level %d -> %d value=%g", a.seq, a.sensor, a.kind, a.rule,
+                 a.prev, a.level, a.value)
+    if len(alerts) > ALERT_LOG_LINES:
+        log.info("... and %d more alert(s) in this batch (last seq=%d)",
+                 len(alerts) - ALERT_LOG_LINES, alerts[-1].seq)
+
+
+def run_agent(config: AgentConfig, *, precompile_only: bool = False) -> int:
+    """Run the edge agent until SIGTERM/SIGINT; with `precompile_only`, warm the kernels and return."""
+    if precompile_only:
+        return precompile()
+    return Agent(config).run()
