@@ -7,6 +7,7 @@ and is stopped (and its directory removed) by `stop()` or leaving the context ma
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -155,8 +156,12 @@ class MosquittoServer(_LocalServer):
 
     def _command(self) -> list[str]:
         conf = self.workdir / "mosquitto.conf"
+        # Started as root, Mosquitto drops to its own user and then cannot write its session
+        # store or read key files in our root-owned temporary directory: keep it root.
+        run_as = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
-            "per_listener_settings false\n"
+            run_as
+            + "per_listener_settings false\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"

@@ -20,9 +20,7 @@ SENSORS = [f"D-{i}" for i in range(1, 5)]
 @pytest.fixture
 def uplink_broker() -> Iterator[MosquittoServer]:
     """The centre's broker, which this test takes down and brings back with its sessions."""
-    server = MosquittoServer()
-    server.workdir.chmod(0o777)  # run as root, mosquitto drops to its own user to save sessions
-    with server:
+    with MosquittoServer() as server:
         yield server
 
 

@@ -20,13 +20,10 @@ USER, PASSWORD = "yz-jfb-01", "s3cret-Pa55"
 @pytest.fixture
 def tls_broker() -> Iterator[tuple[MosquittoServer, dict[str, Path]]]:
     server = MosquittoServer(listener="")  # the listener's options come below, in extra_config
-    server.workdir.chmod(0o755)  # mosquitto, started as root, reads its files as its own user
     certs = make_ca(server.workdir)
     passwd = server.workdir / "passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), USER, PASSWORD], check=True,
                    capture_output=True, timeout=30)
-    for path in [*certs.values(), passwd]:
-        path.chmod(0o644)
     server.extra_config = (f"allow_anonymous false\npassword_file {passwd}\ncafile {certs['ca']}\n"
                            f"certfile {certs['server']}\nkeyfile {certs['server_key']}\n")
     with server:

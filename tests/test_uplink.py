@@ -36,7 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 AGENT = "yz-jfb-01"
 #: Started as root, Mosquitto drops to user `mosquitto` before reading password and certificate
 #: files, which then sit in directories only root may enter; keep it root for these tests.
-KEEP_USER = "user root\n" if os.geteuid() == 0 else ""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -471,7 +470,7 @@ def test_stop_returns_in_time_when_the_broker_hangs(make_agent: Callable[..., Ag
 @pytest.fixture
 def password_broker() -> Iterator[MosquittoServer]:
     server = MosquittoServer(listener="allow_anonymous false\n",
-                             extra_config=KEEP_USER + "password_file {dir}/passwd\n")
+                             extra_config="password_file {dir}/passwd\n")
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(server.workdir / "passwd"), "agent-7", "s3cret-pw"],
                    check=True, capture_output=True)
     with server:
@@ -559,7 +558,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def tls_broker(pki: Pki) -> Iterator[MosquittoServer]:
     listener = (f"allow_anonymous true\ncafile {pki.ca}\ncertfile {pki.server_cert}\n"
                 f"keyfile {pki.server_key}\nrequire_certificate true\n")
-    with MosquittoServer(listener=listener, extra_config=KEEP_USER) as server:
+    with MosquittoServer(listener=listener) as server:
         yield server
 
 
