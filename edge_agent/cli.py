@@ -38,7 +38,31 @@ config_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+_LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("simulators.cli", "simulate"),
+    "bench": ("benchmarks.cli", "bench"),
+}
+
+
+class _LazyGroup(click.Group):
+    """Loads command groups of other packages only when they are asked for, so `lifeline agent`
+    starts without importing the simulators or benchmarks."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = [name for name, (module, _) in _LAZY_COMMANDS.items()
+                if importlib.util.find_spec(module) is not None]
+        return sorted([*super().list_commands(ctx), *lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS:
+            module, attr = _LAZY_COMMANDS[cmd_name]
+            if importlib.util.find_spec(module) is not None:
+                command: click.Command = getattr(importlib.import_module(module), attr)
+                return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="lifeline")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -105,29 +129,25 @@ def gateway(config_path: Path, check: bool) -> None:
 
 @cli.command()
 @click.option("--duration", type=click.FloatRange(min=1), default=None,
-              help="Stop by itself after this many seconds and print a report.")
-def demo(duration: float | None) -> None:
-    """Run the whole chain on this machine with no configuration (broker, store, simulator, agents, gateway)."""
+              help="Stop by itself after this many seconds and print the report "
+                   "(default: the scenario's length, or Ctrl-C).")
+@click.option("--scenario", "scenario_name", default="mixed", show_default=True,
+              help="Built-in scenario name or path of a scenario TOML file.")
+@click.option("--keep", is_flag=True, help="Keep the work directory (store data, configs, logs) at the end.")
+def demo(duration: float | None, scenario_name: str, keep: bool) -> None:
+    """Run the whole chain on this machine with no configuration.
+
+    Starts Mosquitto and VictoriaMetrics on free loopback ports, an agent per township of a
+    simulated district and the gateway, replays the district in real time, and shows a live view.
+    At the end it prints what flowed, what was detected and how that scores against the
+    simulation's ground truth. Ctrl-C stops everything cleanly.
+    """
+    from simulators.demo import run_demo
+
     try:
-        from simulators.demo import run_demo
-    except ImportError:
-        click.echo("lifeline is installed. The demo is not part of this build yet; "
-                   "run the tests or `lifeline --help` meanwhile.")
-        return
-    try:
-        sys.exit(run_demo(duration=duration))
+        sys.exit(run_demo(duration, scenario_name=scenario_name, keep=keep))
     except LifelineError as exc:
         fail(exc)
-
-
-def _register_optional() -> None:
-    """Attach command groups that live in other packages (simulators, benchmarks) once they exist."""
-    for module, name in (("simulators.cli", "simulate"), ("benchmarks.cli", "bench")):
-        if importlib.util.find_spec(module) is not None:
-            cli.add_command(getattr(importlib.import_module(module), name))
-
-
-_register_optional()
 
 
 def main() -> None:

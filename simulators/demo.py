@@ -1,0 +1,371 @@
+"""`lifeline demo`: the whole chain on one machine with no configuration.
+
+Starts Mosquitto and VictoriaMetrics from the system on free loopback ports (temporary
+directories), one agent per township of the mixed-district scenario and the gateway as child
+processes, replays the scenario in real time over MQTT, serial and Modbus, and shows a live view.
+At the end (duration, scenario end or Ctrl-C) it stops everything and prints a short report with
+the detection score against the scenario's ground truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from edge_agent.config import MqttSettings
+from edge_agent.contract import LEVEL_NAMES, TIERS, decode_alert, domain_of, parse_topic
+from edge_agent.errors import DecodeError, LifelineError
+from edge_agent.inputs.mqtt_raw import make_client
+from simulators.agent_config import AgentSettings, write_agent_configs
+from simulators.collect import AlertCollector, alerts_from_victoria
+from simulators.runner import RunOptions, RunResult, run_scenario
+from simulators.scenario import Scenario, find_scenario, load_scenario
+from simulators.scoring import ScoreReport, render_report, score
+from simulators.servers import MosquittoServer, VictoriaMetricsServer, find_binary
+
+log = logging.getLogger("lifeline.demo")
+
+PREFIX = "lifeline/v1"
+LEVEL_STYLE = {0: "green", 1: "blue", 2: "yellow", 3: "dark_orange", 4: "red"}
+FAULT_RULES = frozenset({"range", "flatline", "spike", "drift", "gap"})
+CHILD_STOP_S = 15.0
+
+
+class DemoError(LifelineError):
+    """A part of the demo chain failed; the message says which and where its log is."""
+
+
+@dataclass
+class Board:
+    """What the live view shows, fed from the broker by `OpsWatcher` and the alert collector."""
+
+    tier_counts: Counter[str] = field(default_factory=Counter)
+    summaries: int = 0
+    reading_rows: int = 0
+    latest: deque[Any] = field(default_factory=lambda: deque(maxlen=8))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class OpsWatcher:
+    """Counts what the gateway routes to each tier and the summaries agents send."""
+
+    def __init__(self, settings: MqttSettings, board: Board) -> None:
+        self.board = board
+        self.settings = settings
+        self.client = make_client(settings, "lifeline-demo-ops")
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+
+    def start(self) -> OpsWatcher:
+        self.client.connect(self.settings.host, self.settings.port)
+        self.client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        client.subscribe([(f"{PREFIX}/ops/+/+", 1), (f"{PREFIX}/summary/+", 0)])
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = parse_topic(PREFIX, msg.topic)
+            if topic.kind == "ops":
+                alert = decode_alert(msg.payload)
+                with self.board.lock:
+                    self.board.tier_counts[topic.tier] += 1
+                    if topic.tier == "township":  # every routed alert reaches the township tier
+                        self.board.latest.appendleft(alert)
+            elif topic.kind == "summary":
+                import msgpack  # only the row count is needed here
+
+                rows = len(msgpack.unpackb(msg.payload).get("sensor", ()))
+                with self.board.lock:
+                    self.board.summaries += 1
+                    self.board.reading_rows += rows
+        except (DecodeError, ValueError, TypeError, AttributeError):
+            pass
+
+
+@dataclass
+class Child:
+    """A lifeline process of the demo (agent or gateway) with its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-1500:]
+            raise DemoError(f"{self.name} exited with code {self.proc.returncode}; log {self.log_path}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(CHILD_STOP_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_child(name: str, args: list[str], workdir: Path) -> Child:
+    """Run `lifeline ...` as a child process in its own process group (Ctrl-C is ours to pass on)."""
+    log_path = workdir / f"{name}.log"
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *args], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    return Child(name, proc, log_path)
+
+
+def gateway_toml(broker: MosquittoServer, store: VictoriaMetricsServer) -> str:
+    return (f'[mqtt]\nurl = "{broker.url}"\nprefix = "{PREFIX}"\n\n'
+            f'[influx]\nurl = "{store.url}"\norg = "lifeline"\nbucket = "lifeline"\ntoken = ""\n\n'
+            '[gateway]\nid = "demo-gateway"\n')
+
+
+def render(scenario: Scenario, collector: AlertCollector, board: Board, started: float,
+           sim_progress: dict[str, float]) -> Group:
+    """The live view: sensors by domain and health, alerts by level and tier, latest alerts, throughput."""
+    records = collector.records()
+    current: dict[tuple[str, str], int] = {}
+    raised: Counter[int] = Counter()
+    for r in records:
+        current[(r.sensor, r.rule)] = r.level
+        if r.level > r.prev:
+            raised[r.level] += 1
+    health: dict[str, str] = {}
+    for (sensor, rule), level in current.items():
+        if level > 0:
+            state = "fault" if rule in FAULT_RULES else "alert"
+            if health.get(sensor) != "alert":
+                health[sensor] = state
+    sensors = Table(title="Sensors by domain and health", box=box.SIMPLE_HEAD)
+    for col in ("domain", "sensors", "normal", "in alert", "sensor fault"):
+        sensors.add_column(col, justify="right" if col != "domain" else "left")
+    by_domain: dict[str, Counter[str]] = {}
+    for s in scenario.sensors:
+        by_domain.setdefault(domain_of(s.sim.kind), Counter())[health.get(s.id, "normal")] += 1
+    for domain, counts in sorted(by_domain.items()):
+        sensors.add_row(domain, str(sum(counts.values())), str(counts["normal"]),
+                        Text(str(counts["alert"]), style="bold red" if counts["alert"] else ""),
+                        Text(str(counts["fault"]), style="magenta" if counts["fault"] else ""))
+
+    levels = Table(title="Alerts raised by level, routed by tier", box=box.SIMPLE_HEAD)
+    for lvl in range(1, 5):
+        levels.add_column(f"{lvl} {LEVEL_NAMES[lvl]}", justify="right", style=LEVEL_STYLE[lvl])
+    for tier in TIERS:
+        levels.add_column(f"-> {tier}", justify="right")
+    with board.lock:
+        tiers = [str(board.tier_counts[t]) for t in TIERS]
+        latest = list(board.latest)
+        rows = board.reading_rows
+    levels.add_row(*(str(raised[lvl]) for lvl in range(1, 5)), *tiers)
+
+    recent = Table(title="Latest alerts (as routed)", box=box.SIMPLE_HEAD)
+    for col in ("time", "sensor", "kind", "site", "rule", "level", "value"):
+        recent.add_column(col)
+    for a in latest:
+        stamp = time.strftime("%H:%M:%S", time.localtime(a.ts / 1000))
+        recent.add_row(stamp, a.sensor, a.kind, a.site, a.rule,
+                       Text(f"{a.prev} -> {a.level}", style=LEVEL_STYLE.get(a.level, "")), f"{a.value:.4g}")
+
+    statuses = dict(collector.statuses)
+    samples = sum(int(s.get("samples", 0)) for s in statuses.values())
+    online = sum(1 for s in statuses.values() if s.get("state") == "online")
+    elapsed = time.monotonic() - started
+    rate = samples / elapsed if elapsed > 0 else 0.0
+    line = Text.assemble(
+        ("lifeline demo ", "bold"), f"{elapsed:5.0f} s  |  agents online {online}/{len(scenario.townships)}"
+        f"  |  simulated {sim_progress.get('sim_s', 0):.0f}/{scenario.duration_s:.0f} s"
+        f"  |  samples processed {samples:,} ({rate:,.0f}/s)  |  summary rows {rows:,}"
+        f"  |  Ctrl-C to stop")
+    return Group(line, sensors, levels, recent)
+
+
+@contextlib.contextmanager
+def _interrupts_as(stop: threading.Event) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into `stop` so the teardown below always runs."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", keep: bool = False,
+             console: Console | None = None) -> int:
+    """Run the demo; returns the process exit code (0 when the chain ran and reported)."""
+    console = console or Console()
+    find_binary("mosquitto", "/usr/sbin/mosquitto")
+    find_binary("victoria-metrics", "/usr/bin/victoria-metrics")
+    scenario = load_scenario(find_scenario(scenario_name))
+    workdir = Path(tempfile.mkdtemp(prefix="lifeline-demo-"))
+    stop = threading.Event()
+    children: list[Child] = []
+    result: dict[str, Any] = {}
+    sim_progress: dict[str, float] = {}
+    try:
+        with _interrupts_as(stop), contextlib.ExitStack() as stack:
+            console.print(f"[bold]lifeline demo[/]: scenario [cyan]{scenario.name}[/] "
+                          f"({len(scenario.sensors)} sensors, {len(scenario.townships)} townships); "
+                          f"work directory {workdir}", soft_wrap=True)
+            broker = stack.enter_context(MosquittoServer(workdir=_sub(workdir, "broker")))
+            store = stack.enter_context(VictoriaMetricsServer(workdir=_sub(workdir, "store")))
+            console.print(f"  broker {broker.url}, store {store.url} (InfluxDB v2 write API)")
+            _warm_kernels(console)
+            settings = MqttSettings(url=broker.url, prefix=PREFIX)
+            agent_settings = AgentSettings(
+                mqtt_url=broker.url, prefix=PREFIX, state_dir=workdir / "state", run_dir=workdir / "run",
+                agent_keys={"window_s": 10.0, "status_interval_s": 2.0})
+            configs = write_agent_configs(scenario, workdir / "config", agent_settings)
+            gw_config = workdir / "config" / "gateway.toml"
+            gw_config.write_text(gateway_toml(broker, store))
+            board = Board()
+            collector = stack.enter_context(AlertCollector(settings, client_id="lifeline-demo-collect"))
+            watcher = OpsWatcher(settings, board).start()
+            stack.callback(watcher.stop)
+            children.append(start_child("gateway", ["gateway", "--config", str(gw_config)], workdir))
+            for path in configs:
+                children.append(start_child(path.stem, ["agent", "--config", str(path)], workdir))
+            console.print(f"  started the gateway and {len(configs)} agent(s); logs in {workdir}")
+
+            def simulate() -> None:
+                def progress(p: Any) -> None:
+                    sim_progress["sim_s"] = p.sim_s
+
+                try:
+                    result["run"] = run_scenario(
+                        scenario, RunOptions(mqtt=settings, speed=1.0, duration_s=duration,
+                                             run_dir=workdir / "run", client_id="lifeline-demo-sim"),
+                        on_progress=progress, stop=stop)
+                except Exception as exc:  # reported on the main thread, which owns the teardown
+                    result["error"] = exc
+                finally:
+                    stop.set()
+
+            sim = threading.Thread(target=simulate, name="demo-simulator", daemon=True)
+            sim.start()
+            started = time.monotonic()
+            with Live(render(scenario, collector, board, started, sim_progress), console=console,
+                      refresh_per_second=2, transient=False) as live:
+                while not stop.wait(0.5):
+                    for child in children:
+                        child.check_alive()
+                    live.update(render(scenario, collector, board, started, sim_progress))
+                live.update(render(scenario, collector, board, started, sim_progress))
+            sim.join(30)
+            if "error" in result:
+                raise DemoError(f"the simulator failed: {result['error']}") from result["error"]
+            console.print("stopping: letting the agents finish and the gateway store what is left ...")
+            agent_ids = [t.agent for t in scenario.townships]
+            run: RunResult | None = result.get("run")
+            collector.wait_processed(agent_ids, run.agent_samples if run else 0, timeout_s=20,
+                                     settle_s=2.5, quiet_s=6.0)
+            final_samples, _ = collector.processed(agent_ids)
+            for child in children[1:]:
+                child.stop()
+            stored = _stored_alerts(store, collector, children[0])
+            children[0].stop()
+            _report(console, scenario, collector, board, run, final_samples, stored, store, workdir, keep)
+        return 0
+    finally:
+        for child in children:
+            child.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _sub(workdir: Path, name: str) -> Path:
+    path = workdir / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _warm_kernels(console: Console) -> None:
+    """Compile the detection kernels once (first run only) so the agents start at once."""
+    from edge_agent.runtime import precompile
+
+    with console.status("warming the detection kernels (compiles once, then cached) ..."):
+        precompile()
+
+
+def _stored_alerts(store: VictoriaMetricsServer, collector: AlertCollector, gateway: Child) -> int:
+    """Wait (bounded) until the store holds the alerts the agents sent; returns how many it holds."""
+    wanted = len(collector.alerts)
+    deadline = time.monotonic() + 15
+    held = 0
+    while True:
+        try:
+            held = len(alerts_from_victoria(store.url))
+        except LifelineError:
+            held = 0
+        if held >= wanted or time.monotonic() > deadline or gateway.proc.poll() is not None:
+            return held
+        time.sleep(0.5)  # the store has no change notification: poll it, bounded
+
+
+def _report(console: Console, scenario: Scenario, collector: AlertCollector, board: Board,
+            run: RunResult | None, samples: int, stored: int, store: VictoriaMetricsServer,
+            workdir: Path, keep: bool) -> None:
+    """The short report printed at the end."""
+    records = collector.records()
+    after_end = 0
+    if run is not None:  # sensors fall silent when the simulator stops: their `gap` faults are not news
+        in_run = [r for r in records if r.ts <= run.truth.t1_ms + 1000]
+        after_end, records = len(records) - len(in_run), in_run
+    raises = [r for r in records if r.level > r.prev]
+    by_level = Counter(r.level for r in raises)
+    with board.lock:
+        tiers = dict(board.tier_counts)
+        rows = board.reading_rows
+    console.rule("[bold]lifeline demo report")
+    simulated = run.report.sim_s if run else 0.0
+    console.print(f"simulated {simulated:.0f} s of district [cyan]{scenario.district}[/]: "
+                  f"{len(scenario.sensors)} sensors, samples processed by the agents: {samples:,}")
+    console.print("alerts raised by level: " + ", ".join(
+        f"{lvl} {LEVEL_NAMES[lvl]}: {by_level.get(lvl, 0)}" for lvl in range(1, 5))
+        + f"; cleared: {sum(1 for r in records if r.level == 0)}"
+        + (f" ({after_end} alert(s) after the simulation stopped not counted)" if after_end else ""))
+    console.print("alerts routed by tier: " + ", ".join(f"{t}: {tiers.get(t, 0)}" for t in TIERS))
+    if run is not None:
+        report: ScoreReport = score(run.truth, records)
+        render_report(report, console)
+    console.print(f"store: {stored} alert points and {rows} summary rows written to {store.url} "
+                  "(measurements `alert` and `reading`, InfluxDB line protocol; read back with "
+                  f"{store.url}/api/v1/export?match[]={{__name__=~\"alert_.*\"}})")
+    if keep:
+        console.print(f"kept: data, configs and logs in {workdir} (servers stopped)")
+    else:
+        console.print("the store and broker ran in a temporary directory, now removed "
+                      "(use --keep to keep it)")
