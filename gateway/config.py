@@ -24,6 +24,9 @@ class InfluxSettings(ConfigSection):
     #: Longest a point waits for its batch to fill, in milliseconds.
     flush_interval_ms: int = Field(default=200, ge=1, le=60_000)
     timeout_ms: int = Field(default=10_000, ge=100)
+    #: First and longest pause between retries of a failed write (capped, jittered backoff).
+    retry_initial_s: float = Field(default=0.2, gt=0, le=60)
+    retry_max_s: float = Field(default=5.0, gt=0, le=600)
 
     @field_validator("url")
     @classmethod
@@ -49,6 +52,14 @@ class GatewaySection(ConfigSection):
     share_group: str = Field(default="lifeline-gw", pattern=r"^[A-Za-z0-9._-]{0,64}$")
     #: Most messages taken from the broker but not yet confirmed by the store.
     max_inflight: int = Field(default=20_000, ge=1)
+    #: How long the broker keeps this gateway's session (and queues for it) while it is away.
+    session_expiry_s: int = Field(default=7 * 86400, ge=60, le=2**32 - 1)
+    #: Seconds between retained registry snapshots on `P/registry/{id}`.
+    registry_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    #: Seconds between counter log lines and `gateway_stats` points.
+    stats_interval_s: float = Field(default=60.0, gt=0, le=86400)
+    #: An online agent silent this long is shown as `stale` in the registry.
+    agent_stale_s: float = Field(default=120.0, gt=0)
 
 
 class GatewayConfig(ConfigSection):

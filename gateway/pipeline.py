@@ -1,0 +1,457 @@
+"""The gateway's worker: decode, batch for the store, route alerts to tiers, acknowledge in order.
+
+Every delivery is acknowledged to the broker only when (a) the store confirmed the batch that
+holds its points and (b) the broker acknowledged every ops publish made for it. So a `kill -9`
+at any moment loses nothing: whatever was not acknowledged is re-sent to the restarted gateway,
+and re-writing a point is idempotent (same series, same time).
+
+Alerts are routed as soon as they are decoded, before the store confirms: operators see an
+alert within milliseconds even while the store is down. A crash before the acknowledgement
+makes the broker re-send the alert and the gateway route it again: ops consoles get alerts
+at least once and de-duplicate by the alert's `id` (contract section 2).
+
+Batches are sealed when they reach `batch_points`, when their oldest message is
+`flush_interval` old, or as soon as the queue of events is empty while the store writer is
+idle, which keeps latency low under light load and batches large under heavy load.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edge_agent.backoff import LogThrottle, held_note
+from edge_agent.contract import (
+    Alert,
+    DecodeError,
+    alert_topic,
+    decode_alert,
+    decode_status,
+    ops_topic,
+    parse_topic,
+    status_topic,
+    summary_topic,
+    tiers_for,
+)
+from gateway.counters import GatewayCounters
+from gateway.decode import SummaryDecoder
+from gateway.events import (
+    BatchDone,
+    Connected,
+    Disconnected,
+    Event,
+    Inbound,
+    PublishAcked,
+    StoreBatch,
+)
+from gateway.ledger import AckLedger, Delivery
+from gateway.lineproto import (
+    Lines,
+    PrefixCache,
+    alert_table,
+    counters_table,
+    format_table,
+    reading_table,
+    status_table,
+)
+from gateway.registry import Registry
+from gateway.store import WriteOutcome
+
+log = logging.getLogger(__name__)
+
+
+class BrokerPort(Protocol):
+    """What the worker needs from the broker connection."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int: ...
+
+    def ack(self, mid: int, qos: int, epoch: int) -> bool: ...
+
+
+class WriterPort(Protocol):
+    """What the worker needs from the store writer."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def submit(self, batch: StoreBatch) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """Tuning of one worker (from `[influx]` and `[gateway]`)."""
+
+    prefix: str
+    gateway_id: str
+    batch_points: int = 5000
+    flush_interval_s: float = 0.2
+    registry_interval_s: float = 10.0
+    stats_interval_s: float = 60.0
+    registry_topic: str = ""
+
+
+AlertKey = tuple[str, str, int]
+
+
+@dataclass(slots=True)
+class _OpenBatch:
+    """Points collected for the next store write and the deliveries they hold."""
+
+    opened: float = 0.0
+    epoch: int = 0
+    chunks: list[bytes] = field(default_factory=list)
+    points: int = 0
+    alerts: dict[AlertKey, Alert] = field(default_factory=dict)
+    deliveries: list[Delivery] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.points + len(self.alerts)
+
+    @property
+    def empty(self) -> bool:
+        return not self.chunks and not self.alerts and not self.deliveries
+
+
+class Pipeline:
+    """State of one gateway worker; every method runs on the worker thread."""
+
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        *,
+        broker: BrokerPort,
+        writer: WriterPort,
+        counters: GatewayCounters,
+        registry: Registry,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.registry = registry
+        self.ledger = AckLedger()
+        self._broker = broker
+        self._writer = writer
+        self._clock = clock
+        self._wall_ms = wall_ms
+        self._prefix = settings.prefix
+        self._alert_head = f"{settings.prefix}/alert/"
+        self._summary_head = f"{settings.prefix}/summary/"
+        self._status_head = f"{settings.prefix}/status/"
+        self._cache = PrefixCache()
+        self._summaries = SummaryDecoder()
+        self._open = _OpenBatch()
+        self._sealed: dict[int, list[Delivery]] = {}
+        self._next_batch = 1
+        self._throttle = LogThrottle(10.0, clock=clock)
+        now = clock()
+        self._next_registry = now
+        self._next_stats = now + settings.stats_interval_s
+        self._draining = False
+        self._publish_limit = 65535
+        self._deferred: deque[tuple[str, bytes, bool, Delivery | None]] = deque()
+
+    # ------------------------------------------------------------------ events
+
+    def handle(self, event: Event) -> None:
+        """Apply one event."""
+        if type(event) is Inbound:
+            self._on_inbound(event)
+        elif type(event) is PublishAcked:
+            self._on_publish_acked(event)
+        elif type(event) is BatchDone:
+            self._on_batch_done(event)
+        elif type(event) is Disconnected:
+            self._on_disconnected(event)
+        elif type(event) is Connected:
+            self._publish_limit = max(1, event.receive_maximum)
+            self._next_registry = self._clock()  # replace the will's `offline` at once
+        else:
+            raise TypeError(f"unknown event {event!r}")
+
+    def _on_inbound(self, message: Inbound) -> None:
+        if self._draining:
+            return  # shutting down: left unacknowledged, the broker re-sends it to the next run
+        counters = self.counters
+        counters.received += 1
+        if message.dup:
+            counters.redelivered += 1
+        delivery = self.ledger.received(message.mid, message.qos, message.epoch)
+        topic = message.topic
+        try:
+            if topic.startswith(self._alert_head):
+                self._on_alert(message, delivery)
+            elif topic.startswith(self._summary_head):
+                self._on_summary(message, delivery)
+            elif topic.startswith(self._status_head):
+                self._on_status(message, delivery)
+            else:
+                raise DecodeError(f"topic {topic!r} is not an alert, summary or status topic")
+        except DecodeError as exc:
+            counters.bad_payloads += 1
+            held = self._throttle.allow("bad")
+            if held is not None:
+                log.warning("dropped a bad message on %s: %s%s", topic, exc, held_note(held))
+        except Exception:  # a bug must not turn one message into a crash loop on every re-delivery
+            counters.bad_payloads += 1
+            held = self._throttle.allow("internal")
+            if held is not None:
+                log.exception(
+                    "internal error on a message on %s; dropped it%s", topic, held_note(held)
+                )
+
+    def _hold(self, delivery: Delivery, epoch: int) -> None:
+        batch = self._open
+        if batch.empty:
+            batch.opened = self._clock()
+            batch.epoch = epoch
+        self.ledger.hold(delivery)
+        batch.deliveries.append(delivery)
+
+    def _on_alert(self, message: Inbound, delivery: Delivery) -> None:
+        alert = decode_alert(message.payload)
+        expected = alert_topic(self._prefix, alert.district, alert.site, alert.sensor)
+        if message.topic != expected:
+            raise DecodeError(
+                f"Alert from {alert.sensor!r}: topic {message.topic!r} does not match "
+                f"its district/site/sensor ({expected!r})"
+            )
+        self.counters.alerts += 1
+        self.registry.on_alert(alert, self._wall_ms())
+        self._hold(delivery, message.epoch)
+        self._add_alert(alert)
+        for tier in tiers_for(alert.level, alert.prev):
+            self._publish(ops_topic(self._prefix, tier, alert.district), message.payload, delivery)
+
+    def _add_alert(self, alert: Alert) -> None:
+        """One alert per (sensor, rule, ts), the store's point identity: the highest `seq` wins."""
+        alerts = self._open.alerts
+        key = (alert.sensor, alert.rule, alert.ts)
+        old = alerts.get(key)
+        if old is not None:
+            if old.id != alert.id:
+                self.counters.alert_collisions += 1
+                log.warning(
+                    "alerts %s and %s of sensor %s rule %s share the time %d; the store keeps "
+                    "the one with the higher seq",
+                    old.id,
+                    alert.id,
+                    alert.sensor,
+                    alert.rule,
+                    alert.ts,
+                )
+            if old.seq > alert.seq:
+                return
+        alerts[key] = alert
+        if len(alerts) + self._open.points >= self.settings.batch_points:
+            self.seal()
+
+    def _on_summary(self, message: Inbound, delivery: Delivery) -> None:
+        summary = self._summaries.decode(message.payload)
+        if message.topic != summary_topic(self._prefix, summary.agent):
+            raise DecodeError(f"Summary from agent {summary.agent!r} arrived on {message.topic!r}")
+        lines = format_table(reading_table(summary, self._cache))
+        self.counters.summaries += 1
+        self.registry.on_summary(summary, self._wall_ms())
+        self._hold(delivery, message.epoch)
+        self._add_lines(lines)
+
+    def _on_status(self, message: Inbound, delivery: Delivery) -> None:
+        if not message.payload:  # a cleared retained status: the agent was removed
+            self.registry.forget(parse_topic(self._prefix, message.topic).agent)
+            self._next_registry = min(self._next_registry, self._clock() + 1.0)
+            return
+        status = decode_status(message.payload)
+        if message.topic != status_topic(self._prefix, status.agent):
+            raise DecodeError(f"Status of agent {status.agent!r} arrived on {message.topic!r}")
+        lines = format_table(status_table(status))
+        self.counters.statuses += 1
+        if self.registry.on_status(status, self._wall_ms()):
+            self._next_registry = min(self._next_registry, self._clock() + 1.0)
+        self._hold(delivery, message.epoch)
+        self._add_lines(lines)
+
+    def _add_lines(self, lines: Lines) -> None:
+        self.counters.rows_without_fields += lines.dropped
+        if lines.points:
+            self._open.chunks.append(lines.body)
+            self._open.points += lines.points
+            if self._open.size >= self.settings.batch_points:
+                self.seal()  # now, not after the read burst: the writer works while we decode on
+
+    def _publish(
+        self, topic: str, payload: bytes, delivery: Delivery | None, *, retain: bool = False
+    ) -> None:
+        """Publish at QoS 1, holding `delivery` until the PUBACK; queued while the server's
+        Receive Maximum of our publishes is reached."""
+        if delivery is not None:
+            self.ledger.hold(delivery)
+        if self._deferred or self.ledger.publishes_pending >= self._publish_limit:
+            self._deferred.append((topic, payload, retain, delivery))
+        else:
+            self.ledger.published(self._broker.publish(topic, payload, retain=retain), delivery)
+
+    def _publish_deferred(self) -> None:
+        deferred, ledger, publish = self._deferred, self.ledger, self._broker.publish
+        while deferred and ledger.publishes_pending < self._publish_limit:
+            topic, payload, retain, delivery = deferred.popleft()
+            ledger.published(publish(topic, payload, retain=retain), delivery)
+
+    def _on_publish_acked(self, event: PublishAcked) -> None:
+        routed = self.ledger.publish_acked(event.mid)
+        if event.refused:
+            self.counters.route_refused += 1
+            held = self._throttle.allow("refused")
+            if held is not None:
+                log.error(
+                    "broker refused a publish of ours: %s (check the broker's ACL for this "
+                    "gateway)%s",
+                    event.reason,
+                    held_note(held),
+                )
+        elif routed:
+            self.counters.routed += 1
+
+    def _on_batch_done(self, done: BatchDone) -> None:
+        deliveries = self._sealed.pop(done.number, [])
+        if done.outcome is WriteOutcome.ABANDONED:
+            self.counters.batches_abandoned += 1
+            return  # their connection is gone; the broker re-sends them
+        if done.outcome is WriteOutcome.REJECTED:
+            self.counters.batches_rejected += 1
+        else:
+            self.counters.batches_stored += 1
+            self.counters.points_stored += done.points
+        for delivery in deliveries:
+            self.ledger.release(delivery)
+
+    def _on_disconnected(self, event: Disconnected) -> None:
+        self.counters.broker_disconnects += 1
+        self.seal()  # a batch never mixes connections, so a stale one can be abandoned whole
+        dropped = self.ledger.forget()
+        log.warning(
+            "broker connection lost (%s); %d unacknowledged message(s) will be re-sent",
+            event.reason,
+            dropped,
+        )
+
+    # ------------------------------------------------------------------ time-driven work
+
+    def poll(self, *, inbox_empty: bool) -> None:
+        """Seal the open batch when due, run periodic tasks, send the acknowledgements now due."""
+        now = self._clock()
+        batch = self._open
+        if not batch.empty and (
+            batch.size >= self.settings.batch_points
+            or now - batch.opened >= self.settings.flush_interval_s
+            or (inbox_empty and self._writer.idle)
+        ):
+            self.seal()
+        if now >= self._next_registry:
+            self._publish_registry(now)
+        if now >= self._next_stats:
+            self._report_stats(now)
+        if self._deferred and self._broker.connected:
+            self._publish_deferred()
+        self.acknowledge()
+
+    def wait_s(self) -> float:
+        """How long the worker may block waiting for an event before `poll` has work to do."""
+        now = self._clock()
+        deadline = min(self._next_registry, self._next_stats)
+        if not self._open.empty:
+            deadline = min(deadline, self._open.opened + self.settings.flush_interval_s)
+        return max(0.0, deadline - now)
+
+    def seal(self) -> None:
+        """Hand the open batch to the store writer (or release it at once if it has no points)."""
+        batch = self._open
+        if batch.empty:
+            return
+        self._open = _OpenBatch()
+        chunks = batch.chunks
+        points = batch.points
+        if batch.alerts:
+            lines = format_table(alert_table(list(batch.alerts.values()), self._cache))
+            self.counters.rows_without_fields += lines.dropped
+            chunks.append(lines.body)
+            points += lines.points
+        if points == 0:
+            for delivery in batch.deliveries:
+                self.ledger.release(delivery)
+            return
+        number = self._next_batch
+        self._next_batch += 1
+        self._sealed[number] = batch.deliveries
+        epoch = batch.epoch if batch.deliveries else self._broker.epoch
+        self._writer.submit(StoreBatch(number, epoch, b"".join(chunks), points))
+
+    def acknowledge(self) -> None:
+        """Send the PUBACKs of every delivery now free to go, in arrival order."""
+        ready = self.ledger.ready()
+        if not ready:
+            return
+        ack = self._broker.ack
+        sent = 0
+        for delivery in ready:
+            sent += ack(delivery.mid, delivery.qos, delivery.epoch)
+        self.counters.acked += sent
+
+    def _publish_registry(self, now: float) -> None:
+        self._next_registry = now + self.settings.registry_interval_s
+        if not self.settings.registry_topic or not self._broker.connected:
+            return  # a snapshot queued while offline would be stale when sent
+        payload = self.registry.encode(self._wall_ms(), self.counters.as_dict())
+        self._publish(self.settings.registry_topic, payload, None, retain=True)
+
+    def _report_stats(self, now: float) -> None:
+        self._next_stats = now + self.settings.stats_interval_s
+        c = self.counters
+        log.info(
+            "received %d (alerts %d, summaries %d, statuses %d, bad %d), stored %d points in %d "
+            "batches, routed %d, acked %d, in flight %d, store retries %d, broker disconnects %d",
+            c.received,
+            c.alerts,
+            c.summaries,
+            c.statuses,
+            c.bad_payloads,
+            c.points_stored,
+            c.batches_stored,
+            c.routed,
+            c.acked,
+            len(self.ledger),
+            c.store_retries,
+            c.broker_disconnects,
+        )
+        if self._writer.healthy:  # while the store is down, do not pile up our own points
+            if self._open.empty:
+                self._open.opened, self._open.epoch = now, self._broker.epoch
+            self._add_lines(
+                format_table(counters_table(self.settings.gateway_id, c.as_dict(), self._wall_ms()))
+            )
+
+    # ------------------------------------------------------------------ shutdown
+
+    def start_draining(self) -> None:
+        """Take no new messages; seal what is open so it can still be stored and acknowledged."""
+        self._draining = True
+        self.seal()
+
+    @property
+    def settled(self) -> bool:
+        """Every delivery taken is stored, routed and acknowledged (nothing left in flight)."""
+        return not self._sealed and self._open.empty and len(self.ledger) == 0
