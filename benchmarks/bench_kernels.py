@@ -60,9 +60,10 @@ def pressure_batch(n_sensors: int, block: int, seed: int, hour: int = 0) -> tupl
             np.arange(n_sensors + 1, dtype=np.int64) * block)
 
 
-def numba_rate(kernel: str | None, n_sensors: int, repeats: int = 7) -> float:
+def numba_rate(kernel: str | None, n_sensors: int, repeats: int = 15) -> float:
     """Samples/s of the chain (or one rule) on consecutive batches after a warm-up batch: the
-    best of `repeats` rounds of at least 200 000 samples (the machine is shared)."""
+    best of `repeats` rounds of at least 200 000 samples (the machine is shared: the best round
+    is the one least disturbed)."""
     chain = RuleChain([RULES] * n_sensors, only=None if kernel is None else [kernel])
     per_round = max(1, 200_000 // (n_sensors * BLOCK))
     batches = [pressure_batch(n_sensors, BLOCK, seed, hour)

@@ -51,17 +51,21 @@ def now_ms() -> int:
 class Ingress:
     """The queue from inputs to the pipeline: raw MQTT payloads and already decoded blocks.
 
-    `wake` is set when a batch's worth of raw input waits (`max_bytes` or `wake_messages`), so
-    the pipeline need not sleep its full batch interval under load. Past `max_queued_bytes` the
-    MQTT thread waits for the pipeline to catch up: TCP then pushes back on the broker instead of
-    the queue growing without bound (lost blocks show up as RawBlock `seq` gaps).
+    `arrived` is set when input arrives to an empty queue, so an idle pipeline sleeps until
+    there is work instead of polling; `wake` is set when a batch's worth of raw input waits
+    (`max_bytes` or `wake_messages`), so it need not sleep its full batch interval under load.
+    Past `max_queued_bytes` the MQTT thread waits for the pipeline to catch up: TCP then pushes
+    back on the broker instead of the queue growing without bound (lost blocks show up as
+    RawBlock `seq` gaps). The default, 4 MiB, is 200 ms of input at 5 M float32 samples/s:
+    enough to ride out a slow batch, small enough to keep the agent's memory flat under load.
     """
 
     def __init__(self, *, wake_messages: int = 20_000, max_messages: int = 50_000,
-                 max_bytes: int = 1 << 20, max_queued_bytes: int = 16 << 20) -> None:
+                 max_bytes: int = 1 << 20, max_queued_bytes: int = 4 << 20) -> None:
         self.raw: deque[RawMessage] = deque()
         self.blocks: deque[SampleBlock] = deque()
         self.wake = threading.Event()
+        self.arrived = threading.Event()
         self.wake_messages = wake_messages
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -76,7 +80,9 @@ class Ingress:
         raw = self.raw
         raw.append((topic, payload, received_ms))
         queued = len(raw)
-        if queued >= self.wake_messages or queued * len(payload) >= self.max_bytes:
+        if queued == 1:
+            self.arrived.set()
+        elif queued >= self.wake_messages or queued * len(payload) >= self.max_bytes:
             self._wake_or_wait(queued * len(payload))
 
     def _wake_or_wait(self, queued_bytes: int) -> None:
@@ -95,6 +101,8 @@ class Ingress:
     def put_block(self, block: SampleBlock) -> None:
         """Queue one decoded block (called on a serial or Modbus thread)."""
         self.blocks.append(block)
+        if len(self.blocks) == 1:
+            self.arrived.set()
 
     def drain(self) -> tuple[list[RawMessage], list[SampleBlock]]:
         """Take what is queued, oldest first, up to about `max_bytes` of raw payload per call.
@@ -103,6 +111,7 @@ class Ingress:
         queued for the next call. The first payload's size stands for the others.
         """
         self.wake.clear()
+        self.arrived.clear()
         raw, blocks = self.raw, self.blocks
         count = len(raw)
         if count:

@@ -18,6 +18,7 @@ import numba
 FASTMATH: Final = frozenset({"nsz", "arcp", "contract", "reassoc"})
 JIT_OPTIONS: Final[dict[str, Any]] = {
     "cache": True, "nogil": True, "fastmath": set(FASTMATH), "error_model": "numpy",
+    "_nrt": False,
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,6 +30,13 @@ _STAMP_NAME: Final = "lifeline-kernels.fingerprint"
 def kernel(func: F) -> F:
     """`numba.njit` with the central options; every kernel of this package uses it."""
     return numba.njit(**JIT_OPTIONS)(func)  # type: ignore[no-any-return]
+
+
+def inlined(func: F) -> F:
+    """`kernel` inlined into its callers by numba itself (not left to LLVM's size limits), for
+    the per-sample steps of the chain's loops: a call per rule per sample would cost more than
+    the rule. (Inlining costs compile time, so the loops around the steps stay plain kernels.)"""
+    return numba.njit(**JIT_OPTIONS, inline="always")(func)  # type: ignore[no-any-return]
 
 
 def source_fingerprint() -> str:

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.kernels._jit import kernel
+from edge_agent.kernels._jit import inlined, kernel
 from edge_agent.kernels._layout import (
     FP_ANOM_CLIP,
     FP_ANOM_HYST,
@@ -48,6 +48,13 @@ from edge_agent.kernels.codes import ANOMALY
 from edge_agent.kernels.events import emit
 from edge_agent.kernels.graded import change_limit, graded_step
 
+#: z limits (4-view), their count, debounce, counters (4-view), hysteresis, smooth_s, window_s,
+#: warmup_s, var_window_s, min_std^2, clip^2, first limit^2
+AnomalyParams = tuple[NDArray[np.float64], int, int, NDArray[np.int64], float, float, float,
+                      float, float, float, float, float]
+#: fast, raw variance, mean, variance, age, last t, level, last dt and its three weights
+AnomalyState = tuple[float, float, float, float, float, int, int, float, float, float, float]
+
 
 @kernel
 def clipped(d: float, var: float, clip2: float) -> float:
@@ -57,68 +64,58 @@ def clipped(d: float, var: float, clip2: float) -> float:
     return math.copysign(math.sqrt(clip2 * var), d)
 
 
-@kernel
-def anomaly_block(
-    values: NDArray[np.float64],
-    times_ms: NDArray[np.int64],
-    start: int,
-    stop: int,
-    s: int,
-    fp: NDArray[np.float64],
-    ip: NDArray[np.int64],
-    fs: NDArray[np.float64],
-    is_: NDArray[np.int64],
-    levels: NDArray[np.int8],
-    ev_int: NDArray[np.int64],
-    ev_float: NDArray[np.float64],
-    n_ev: int,
-) -> int:
-    """Run rule `anomaly` of sensor `s` over samples [start, stop); returns the event count."""
+@inlined
+def anomaly_load(
+    s: int, fp: NDArray[np.float64], ip: NDArray[np.int64], fs: NDArray[np.float64],
+    is_: NDArray[np.int64], levels: NDArray[np.int8],
+) -> tuple[AnomalyParams, AnomalyState]:
+    """Parameters and state of rule `anomaly` of sensor `s`."""
     limits = fp[s, FP_ANOM_Z:FP_ANOM_Z + 4]
-    n_limits, debounce = ip[s, IP_ANOM_N], ip[s, IP_ANOM_DEBOUNCE]
-    counters = is_[s, IS_ANOM_CNT:IS_ANOM_CNT + 4]
-    hysteresis = fp[s, FP_ANOM_HYST]
-    smooth, tau, warmup = fp[s, FP_ANOM_SMOOTH], fp[s, FP_ANOM_TAU], fp[s, FP_ANOM_WARMUP]
-    var_tau = fp[s, FP_ANOM_VAR_TAU]
-    min_var = fp[s, FP_ANOM_MIN_STD] ** 2
-    clip2 = fp[s, FP_ANOM_CLIP] ** 2
-    quiet2 = limits[0] * limits[0]
-    fast, raw_var = fs[s, FS_ANOM_FAST], fs[s, FS_ANOM_RAWVAR]
-    mean, var, age = fs[s, FS_ANOM_MEAN], fs[s, FS_ANOM_VAR], fs[s, FS_ANOM_AGE]
-    last_t = is_[s, IS_ANOM_T]
-    level = np.int64(levels[s, ANOMALY])
-    last_dt, a_fast, a_slow, a_var = -1.0, 1.0, 1.0, 1.0
-    for i in range(start, stop):
-        x = values[i]
-        if not math.isfinite(x):
-            continue
-        t = times_ms[i]
-        if last_t == NO_TIME:
-            fast, raw_var, mean, var, age, last_t = x, 0.0, x, 0.0, 0.0, t
-            continue
-        dt = max(t - last_t, 0) * 0.001
-        last_t = max(last_t, t)
-        if dt != last_dt:
-            last_dt = dt
-            a_fast = -math.expm1(-dt / smooth) if smooth > 0 else 1.0
-            a_slow = -math.expm1(-dt / tau)
-            a_var = -math.expm1(-dt / var_tau)
-        age += dt
-        a_v = a_var if age >= var_tau else (max(a_var, dt / age) if age > 0 else 1.0)
-        warm = age >= warmup
-        e = x - fast
-        if warm:
-            e = clipped(e, max(raw_var, min_var), clip2)
-        fast += a_fast * e
-        raw_var = (1.0 - a_v) * (raw_var + a_v * e * e)
-        base = mean
-        d = fast - base
-        v = max(var, min_var)
-        dc = clipped(d, v, clip2) if warm else d
-        mean += a_slow * dc
-        var = (1.0 - a_v) * (var + a_v * dc * dc)
-        if not warm or (level == 0 and d * d <= quiet2 * v and counters[0] == 0):
-            continue
+    params = (
+        limits, ip[s, IP_ANOM_N], ip[s, IP_ANOM_DEBOUNCE], is_[s, IS_ANOM_CNT:IS_ANOM_CNT + 4],
+        fp[s, FP_ANOM_HYST], fp[s, FP_ANOM_SMOOTH], fp[s, FP_ANOM_TAU], fp[s, FP_ANOM_WARMUP],
+        fp[s, FP_ANOM_VAR_TAU], fp[s, FP_ANOM_MIN_STD] ** 2, fp[s, FP_ANOM_CLIP] ** 2,
+        limits[0] * limits[0],
+    )
+    state = (fs[s, FS_ANOM_FAST], fs[s, FS_ANOM_RAWVAR], fs[s, FS_ANOM_MEAN], fs[s, FS_ANOM_VAR],
+             fs[s, FS_ANOM_AGE], is_[s, IS_ANOM_T], np.int64(levels[s, ANOMALY]),
+             -1.0, 1.0, 1.0, 1.0)
+    return params, state
+
+
+@inlined
+def anomaly_step(
+    p: AnomalyParams, st: AnomalyState, x: float, t: int, i: int, s: int,
+    ev_int: NDArray[np.int64], ev_float: NDArray[np.float64], n_ev: int,
+) -> tuple[AnomalyState, int]:
+    """Feed one finite sample taken at `t`; returns the state and event count."""
+    (limits, n_limits, debounce, counters, hysteresis, smooth, tau, warmup, var_tau, min_var,
+     clip2, quiet2) = p
+    fast, raw_var, mean, var, age, last_t, level, last_dt, a_fast, a_slow, a_var = st
+    if last_t == NO_TIME:
+        return (x, 0.0, x, 0.0, 0.0, t, level, last_dt, a_fast, a_slow, a_var), n_ev
+    dt = max(t - last_t, 0) * 0.001
+    last_t = max(last_t, t)
+    if dt != last_dt:
+        last_dt = dt
+        a_fast = -math.expm1(-dt / smooth) if smooth > 0 else 1.0
+        a_slow = -math.expm1(-dt / tau)
+        a_var = -math.expm1(-dt / var_tau)
+    age += dt
+    a_v = a_var if age >= var_tau else (max(a_var, dt / age) if age > 0 else 1.0)
+    warm = age >= warmup
+    e = x - fast
+    if warm:
+        e = clipped(e, max(raw_var, min_var), clip2)
+    fast += a_fast * e
+    raw_var = (1.0 - a_v) * (raw_var + a_v * e * e)
+    base = mean
+    d = fast - base
+    v = max(var, min_var)
+    dc = clipped(d, v, clip2) if warm else d
+    mean += a_slow * dc
+    var = (1.0 - a_v) * (var + a_v * dc * dc)
+    if warm and not (level == 0 and d * d <= quiet2 * v and counters[0] == 0):
         std = math.sqrt(v)
         z = d / std
         new = graded_step(abs(z), limits, n_limits, hysteresis, debounce, counters, level)
@@ -126,8 +123,34 @@ def anomaly_block(
             limit = base + math.copysign(change_limit(limits, new, level) * std, z)
             n_ev = emit(ev_int, ev_float, n_ev, s, ANOMALY, new, level, i, limit, z)
             level = new
+    return (fast, raw_var, mean, var, age, last_t, level, last_dt, a_fast, a_slow, a_var), n_ev
+
+
+@inlined
+def anomaly_store(
+    st: AnomalyState, s: int, fs: NDArray[np.float64], is_: NDArray[np.int64],
+    levels: NDArray[np.int8],
+) -> None:
+    """Write the state back to the sensor's row."""
+    fast, raw_var, mean, var, age, last_t, level = st[0], st[1], st[2], st[3], st[4], st[5], st[6]
     fs[s, FS_ANOM_FAST], fs[s, FS_ANOM_RAWVAR] = fast, raw_var
     fs[s, FS_ANOM_MEAN], fs[s, FS_ANOM_VAR], fs[s, FS_ANOM_AGE] = mean, var, age
     is_[s, IS_ANOM_T] = last_t
     levels[s, ANOMALY] = level
+
+
+@kernel
+def anomaly_block(
+    values: NDArray[np.float64], times_ms: NDArray[np.int64], start: int, stop: int, s: int,
+    fp: NDArray[np.float64], ip: NDArray[np.int64], fs: NDArray[np.float64],
+    is_: NDArray[np.int64], levels: NDArray[np.int8], ev_int: NDArray[np.int64],
+    ev_float: NDArray[np.float64], n_ev: int,
+) -> int:
+    """Run rule `anomaly` of sensor `s` over samples [start, stop); returns the event count."""
+    p, st = anomaly_load(s, fp, ip, fs, is_, levels)
+    for i in range(start, stop):
+        x = values[i]
+        if math.isfinite(x):
+            st, n_ev = anomaly_step(p, st, x, times_ms[i], i, s, ev_int, ev_float, n_ev)
+    anomaly_store(st, s, fs, is_, levels)
     return n_ev

@@ -39,6 +39,9 @@ N_RULES: Final = len(RULE_NAMES)
 #: Most limits a graded rule (high, low, rate rise/fall, anomaly) can have: one per level 1..4.
 MAX_LIMITS: Final = 4
 
+#: The order the chain runs the rules in for each sample (and reports one sample's changes in).
+CHAIN_ORDER: Final[tuple[int, ...]] = (RANGE, FLATLINE, SPIKE, HIGH, LOW, RATE, ANOMALY, DRIFT)
+
 RULE_CODES: Final[dict[str, int]] = {name: code for code, name in enumerate(RULE_NAMES)}
 ALL_RULES_MASK: Final = (1 << N_RULES) - 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,6 +18,10 @@ from edge_agent.kernels._layout import (
     EV_SCORE,
     EV_SENSOR,
 )
+from edge_agent.kernels.codes import CHAIN_ORDER, N_RULES
+
+#: Each rule's place in `CHAIN_ORDER`, indexed by rule code.
+_CHAIN_RANK: Final = np.argsort(np.array(CHAIN_ORDER)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,12 @@ class Events:
 
     @staticmethod
     def from_buffers(ev_int: NDArray[np.int64], ev_float: NDArray[np.float64]) -> Events:
-        """Columns from the kernels' event buffers, stably sorted by sample index."""
-        order = np.argsort(ev_int[:, EV_INDEX], kind="stable")
+        """Columns from the kernels' event buffers, sorted by sample index and, within one
+        sample, in chain order (a spike is reported at an earlier sample than it is found)."""
+        if len(ev_int) == 0:
+            return _NO_EVENTS
+        key = ev_int[:, EV_INDEX] * N_RULES + _CHAIN_RANK[ev_int[:, EV_RULE]]
+        order = np.argsort(key, kind="stable")
         ints, floats = ev_int[order], ev_float[order]
         return Events(
             sensor=ints[:, EV_SENSOR].astype(np.int32),
@@ -52,6 +61,18 @@ class Events:
             limit=floats[:, EV_LIMIT].copy(),
             score=floats[:, EV_SCORE].copy(),
         )
+
+
+def _empty(dtype: type) -> NDArray[np.generic]:
+    column = np.empty(0, dtype=dtype)
+    column.flags.writeable = False  # shared by every batch without a change
+    return column
+
+
+_NO_EVENTS: Final = Events(
+    sensor=_empty(np.int32), rule=_empty(np.int8), level=_empty(np.int8), prev=_empty(np.int8),
+    index=_empty(np.int64), limit=_empty(np.float64), score=_empty(np.float64),
+)
 
 
 @kernel
