@@ -23,6 +23,7 @@ from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from edge_agent.inputs import Ingress, SampleBlock
 from edge_agent.contract import (
     Alert,
     RawBlock,
@@ -34,6 +35,28 @@ from edge_agent.contract import (
 )
 
 WAIT_S = 20.0
+
+
+class RecordingIngress(Ingress):
+    """An Ingress that lets a test wait until a condition on the queued blocks holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[SampleBlock] = []
+        self._changed = threading.Condition()
+
+    def put_block(self, block: SampleBlock) -> None:
+        with self._changed:
+            self.seen.append(block)
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[SampleBlock]], bool], timeout_s: float = WAIT_S) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.seen), timeout_s)
+
+    def samples(self, sensor: int) -> list[float]:
+        with self._changed:
+            return [float(v) for b in self.seen if b.sensor == sensor for v in np.asarray(b.values)]
 P = "lifeline/v1"
 ROOT = Path(__file__).resolve().parents[1]
 

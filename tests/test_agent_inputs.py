@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,34 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.inputs.base import Ingress, SampleBlock
+from edge_agent.inputs.base import SampleBlock
 from edge_agent.inputs.modbus import ModbusBus, register_value
 from edge_agent.inputs.serial_port import SerialPortReader, frame_times
 from edge_agent.registry import ModbusBusPlan, ModbusPoint, SerialChannel, SerialPortPlan
 from firmware_stubs import FORMAT_FLOAT32, SensorNode, encode_heartbeat
-from tests.agent_harness import ModbusTransmitters, PtyBridge
+from tests.agent_harness import ModbusTransmitters, PtyBridge, RecordingIngress
 from tests.conftest import PtyPair
 
 pytestmark = pytest.mark.integration
 WAIT_S = 10.0
-
-
-class RecordingIngress(Ingress):
-    """An Ingress that lets a test wait until a condition on the queued blocks holds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[SampleBlock] = []
-        self._changed = threading.Condition()
-
-    def put_block(self, block: SampleBlock) -> None:
-        with self._changed:
-            self.seen.append(block)
-            self._changed.notify_all()
-
-    def wait_for(self, predicate: Callable[[list[SampleBlock]], bool], timeout_s: float = WAIT_S) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: predicate(self.seen), timeout_s)
 
 
 def samples_of(blocks: list[SampleBlock], sensor: int) -> np.ndarray:

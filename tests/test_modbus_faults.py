@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,37 +16,21 @@ from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from edge_agent.inputs.base import Ingress, SampleBlock
 from edge_agent.inputs.modbus import ModbusBus
 from edge_agent.registry import ModbusBusPlan, ModbusPoint
 from simulators.servers import MosquittoServer
-from tests.agent_harness import WAIT_S, AgentProcess, Collector, ModbusTransmitters, PtyBridge, write_config
+from tests.agent_harness import (
+    AgentProcess,
+    Collector,
+    ModbusTransmitters,
+    PtyBridge,
+    RecordingIngress,
+    write_config,
+)
 
 LIVE, BAD_ADDRESS, SILENT = 3, 5, 9
 PERIOD_S = 0.05
 TIMEOUT_S = 0.1
-
-
-class RecordingIngress(Ingress):
-    """An Ingress that lets a test wait until a condition on the queued blocks holds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[SampleBlock] = []
-        self._changed = threading.Condition()
-
-    def put_block(self, block: SampleBlock) -> None:
-        with self._changed:
-            self.seen.append(block)
-            self._changed.notify_all()
-
-    def wait_for(self, predicate: Callable[[list[SampleBlock]], bool], timeout_s: float = WAIT_S) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: predicate(self.seen), timeout_s)
-
-    def samples(self, sensor: int) -> list[float]:
-        with self._changed:
-            return [float(v) for b in self.seen if b.sensor == sensor for v in np.asarray(b.values)]
 
 
 class TransmittersWithSilentUnits(ModbusTransmitters):
