@@ -99,5 +99,6 @@ def test_modbus_thresholds_and_a_silent_unit_reported_as_a_gap_fault(
     finally:
         agent.close()
     log = agent.log_text()
-    assert log.count("unit 7 register 100 (sensor W-7) does not answer") == 1  # reported once
+    # the pymodbus simulator answers a unit it does not serve with exception 4 (device failure)
+    assert log.count("unit 7 register 100 (sensor W-7) answers with Modbus exception 4") == 1  # reported once
     assert "unit 3" not in log

@@ -148,7 +148,7 @@ def test_the_agent_reports_failing_units_and_keeps_alerting_on_the_live_one(
             return bool(buses) and buses[0].get("units_failing") == [BAD_ADDRESS, SILENT]
 
         assert collector.wait_for(lambda c: any(failing(s) for s in c.status if s.agent == "t-modbus-faults"))
-        agent.wait_log(rf"unit {BAD_ADDRESS} register 4000 \(sensor M-BAD\) does not answer")
+        agent.wait_log(rf"unit {BAD_ADDRESS} register 4000 \(sensor M-BAD\) answers with Modbus exception 2")
         agent.wait_log(rf"unit {SILENT} register 100 \(sensor M-SILENT\) does not answer")
         assert agent.terminate() == 0
     finally:

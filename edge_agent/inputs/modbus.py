@@ -148,11 +148,15 @@ class ModbusBus:
         read = client.read_holding_registers if p.register_type == "holding" else client.read_input_registers
         try:
             response = read(p.register, count=REGISTERS[p.datatype], device_id=p.unit)
-            error = str(response) if response.isError() else None
+            error = None
+            if response.isError():
+                code = getattr(response, "exception_code", None)
+                error = (f"answers with Modbus exception {code}" if code is not None
+                         else f"answers with an error ({response})")
         except ModbusException as exc:
             if not client.connected:
                 raise OSError(str(exc)) from exc
-            error = str(exc)
+            error = f"does not answer ({exc})"
             response = None
         if error is None and response is not None:
             value = register_value(response.registers, p.datatype, p.word_order) * p.scale
@@ -169,7 +173,7 @@ class ModbusBus:
             state.backoff = backoff_delays(initial_s=p.period_s, cap_s=max(p.period_s, FAILING_CAP_S))
         delay = next(state.backoff)
         if state.consecutive == 1:
-            log.warning("modbus %s: unit %d register %d (sensor %s) does not answer (%s); "
+            log.warning("modbus %s: unit %d register %d (sensor %s) %s; "
                         "polling it with backoff up to %.0f s", self.plan.port, p.unit, p.register,
                         p.sensor_id, error, max(p.period_s, FAILING_CAP_S))
         return delay
