@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import paho.mqtt.client as mqtt
 from rich import box
 from rich.console import Console, Group
@@ -39,14 +40,13 @@ from simulators.agent_config import AgentSettings, write_agent_configs
 from simulators.collect import AlertCollector, alerts_from_victoria
 from simulators.runner import RunOptions, RunResult, run_scenario
 from simulators.scenario import Scenario, find_scenario, load_scenario
-from simulators.scoring import ScoreReport, render_report, score
+from simulators.scoring import FAULT_RULES, ScoreReport, render_report, score
 from simulators.servers import MosquittoServer, VictoriaMetricsServer, find_binary
 
 log = logging.getLogger("lifeline.demo")
 
 PREFIX = "lifeline/v1"
 LEVEL_STYLE = {0: "green", 1: "blue", 2: "yellow", 3: "dark_orange", 4: "red"}
-FAULT_RULES = frozenset({"range", "flatline", "spike", "drift", "gap"})
 CHILD_STOP_S = 15.0
 
 
@@ -98,8 +98,6 @@ class OpsWatcher:
                     if topic.tier == "township":  # every routed alert reaches the township tier
                         self.board.latest.appendleft(alert)
             elif topic.kind == "summary":
-                import msgpack  # only the row count is needed here
-
                 rows = len(msgpack.unpackb(msg.payload).get("sensor", ()))
                 with self.board.lock:
                     self.board.summaries += 1
