@@ -32,6 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.contract import RawBlock, decode_alert, decode_status
+from benchmarks.suite import write_section
 from simulators.servers import MosquittoServer
 
 P = "lifeline/v1"
@@ -389,15 +390,6 @@ def latency_case(broker: MosquittoServer, duration_s: float = 8.0, sensors: int 
 # ---------------------------------------------------------------- report
 
 
-def write_results(text: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    """Replace (or add) the "## Agent" section of RESULTS.md, leaving other sections alone."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = "## Agent\n\n" + text.strip() + "\n"
-    pattern = re.compile(r"^## Agent\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = pattern.sub(lambda _: section + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + section
-    path.write_text(new)
-
-
 def run(quick: bool, write: bool) -> None:
     scale = 0.25 if quick else 1.0
     cpu_info = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -449,7 +441,7 @@ def run(quick: bool, write: bool) -> None:
             "in its own process cannot meet < 150 MiB; the agent adds paho, pydantic, SQLite, its "
             "compiled kernels and its buffers (a bounded 4 MiB ingress queue, one batch).\n")
     if write:
-        write_results(text)
+        write_section("## Agent", text)
         print("wrote the '## Agent' section of benchmarks/RESULTS.md")
 
 

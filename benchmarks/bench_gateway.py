@@ -60,9 +60,9 @@ from gateway.registry import Registry
 from gateway.service import GatewayService
 from gateway.store import InfluxStore
 from gateway.writer import StoreWriter
+from benchmarks.suite import write_section
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 PREFIX = "bench/v1"
 BATCH = 5000
 
@@ -518,24 +518,6 @@ def target_notes(
         ),
         "",
     ]
-
-
-def write_section(heading: str, body: str) -> None:
-    """Replace (or append) the section `heading` of RESULTS.md, leaving other sections alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
-    section = [heading + "\n", "\n", body if body.endswith("\n") else body + "\n", "\n"]
-    if start is None:
-        if lines and lines[-1].strip():
-            lines.append("\n")
-        lines += section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        lines[start:end] = section
-    RESULTS.write_text("".join(lines).rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

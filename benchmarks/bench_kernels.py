@@ -21,31 +21,14 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from benchmarks.suite import write_section
 from edge_agent.kernels import RULE_NAMES, RuleChain, SensorRules, default_rules
 from tests.kernels_naive import run_naive
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 BLOCK = 1000
 SENSOR_COUNTS = (1, 100, 1000, 10_000)
 KERNELS: tuple[str | None, ...] = (*RULE_NAMES, None)
 RULES = default_rules("pipe.pressure")  # every rule on
-
-
-def write_section(heading: str, body: str) -> None:
-    """Replace (or append) the section `heading` of RESULTS.md, leaving other sections alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
-    section = [heading + "\n", "\n", body if body.endswith("\n") else body + "\n", "\n"]
-    if start is None:
-        if lines and lines[-1].strip():
-            lines.append("\n")
-        lines += section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        lines[start:end] = section
-    RESULTS.write_text("".join(lines).rstrip("\n") + "\n")
 
 
 def pressure_batch(n_sensors: int, block: int, seed: int, hour: int = 0) -> tuple[NDArray, ...]:

@@ -282,7 +282,7 @@ def main() -> None:
     print(text)
     print(f"wall time {time.perf_counter() - start:.0f} s")
     if args.write:
-        from benchmarks.bench_kernels import write_section
+        from benchmarks.suite import write_section
 
         write_section("## Detection quality (kernels)", text)
 

@@ -1,0 +1,61 @@
+"""The "## Faults" table of RESULTS.md: one row per injected fault, what was lost, how long recovery took.
+
+Fault runs live in several modules (the whole chain in `benchmarks.faults`, agent-local faults in
+`benchmarks.faults_agent`); each writes its own rows with `write_fault_rows`, which keeps the rows
+of faults it did not run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from benchmarks.suite import RESULTS_PATH, write_section
+
+SECTION = "## Faults"
+HEADER = ("| fault | load while it happened | lost | duplicates in the store | recovery s | command | when (UTC) |\n"
+          "| --- | --- | --- | ---: | ---: | --- | --- |\n")
+INTRO = ("Each fault is injected while data flows; afterwards the store is read back and compared with "
+         "what was sent. *Lost* must be nothing: every alert and summary row the agent produced is in the "
+         "store exactly once. *Recovery* is the time from the end of the fault until data flows again "
+         "end to end (the first new alert or row in the store). 2-core machine shared with other work.\n")
+
+
+@dataclass(frozen=True)
+class FaultOutcome:
+    """One fault run, as a row of the table."""
+
+    fault: str
+    load: str
+    lost: str
+    duplicates: int
+    recovery_s: float | None
+    command: str
+
+    def row(self, when: str) -> str:
+        recovery = "-" if self.recovery_s is None else f"{self.recovery_s:.1f}"
+        return (f"| {self.fault} | {self.load} | {self.lost} | {self.duplicates} | {recovery} | "
+                f"`{self.command}` | {when} |")
+
+
+def _old_rows(text: str) -> dict[str, str]:
+    """Rows of the current table, keyed by fault name."""
+    if SECTION + "\n" not in text:
+        return {}
+    body = text.split(SECTION + "\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] not in ("fault", "---"):
+            rows[cells[0]] = line
+    return rows
+
+
+def write_fault_rows(outcomes: list[FaultOutcome]) -> None:
+    """Put these outcomes in the table, replacing rows of the same fault and keeping the others."""
+    text = RESULTS_PATH.read_text(encoding="utf-8") if RESULTS_PATH.exists() else ""
+    rows = _old_rows(text)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    for outcome in outcomes:
+        rows[outcome.fault] = outcome.row(when)
+    write_section(SECTION, INTRO + "\n" + HEADER + "\n".join(rows.values()) + "\n")
