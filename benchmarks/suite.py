@@ -100,6 +100,9 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
               "simulator -> broker -> agent -> broker -> gateway -> store: samples/s, alert latency",
               quick_args=("--quick",), write_args=("--write",), section="## End to end", quick_writes=True,
               full_timeout_s=900, quick_timeout_s=300),
+    Benchmark("soak", "benchmarks.soak", "whole chain for 30 min at 100 k samples/s: memory flat, nothing lost",
+              quick_args=("--duration", "120", "--warmup-s", "30", "--window-s", "30"), write_args=("--write",),
+              section="## Soak", full_timeout_s=3000, quick_timeout_s=600),
 )
 
 
