@@ -389,10 +389,11 @@ def store_rows(store: VictoriaMetricsServer, start_ms: int) -> tuple[int, int, i
 # --------------------------------------------------------------------------- the simulator process
 
 
-def _replay_child(scenario: Scenario, options: RunOptions, out: Any) -> None:
-    """Run in the simulator's process: replay the scenario and send back what was sent."""
+def _replay_child(scenario: Scenario, options: RunOptions, out: Any, stop: Any = None) -> None:
+    """Run in the simulator's process: replay the scenario (until `stop`, if given, is set) and send
+    back what was sent."""
     try:
-        result = run_scenario(scenario, options)
+        result = run_scenario(scenario, options, stop=stop)
         r = result.report
         out.put({"samples": r.samples, "agent_samples": result.agent_samples, "wall_s": r.wall_s,
                  "configured": r.configured_rate, "achieved": r.achieved_rate, "late_ticks": r.late_ticks,
@@ -402,11 +403,16 @@ def _replay_child(scenario: Scenario, options: RunOptions, out: Any) -> None:
 
 
 @contextlib.contextmanager
-def simulator_process(scenario: Scenario, options: RunOptions) -> Iterator[tuple[Any, Any]]:
-    """The replay in a process of its own (so the measuring threads here do not slow it down)."""
+def simulator_process(scenario: Scenario, options: RunOptions,
+                      stop: Any = None) -> Iterator[tuple[Any, Any]]:
+    """The replay in a process of its own (so the measuring threads here do not slow it down).
+
+    `stop`, a `multiprocessing` Event of the spawn context, ends the replay early when set.
+    """
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_replay_child, args=(scenario, options, out), name="bench-simulator", daemon=True)
+    proc = ctx.Process(target=_replay_child, args=(scenario, options, out, stop), name="bench-simulator",
+                       daemon=True)
     proc.start()
     try:
         yield proc, out
@@ -433,7 +439,7 @@ def precompile(config: Path, workdir: Path) -> None:
         raise LifelineError(f"precompiling the kernels failed; log {log}:\n{log.read_text()[-1500:]}")
 
 
-def _alive(children: Sequence[Child]) -> Callable[[], None]:
+def alive_check(children: Sequence[Child]) -> Callable[[], None]:
     def check() -> None:
         for child in children:
             child.check_alive()
@@ -479,8 +485,8 @@ def run_case(case: E2ECase, workdir: Path, *, log: Callable[[str], None] = print
     started = time.monotonic()
     children: list[Child] = []
     with contextlib.ExitStack() as stack:
-        broker = stack.enter_context(MosquittoServer(workdir=_sub(workdir, "broker")))
-        store = stack.enter_context(VictoriaMetricsServer(workdir=_sub(workdir, "store")))
+        broker = stack.enter_context(MosquittoServer(workdir=subdir(workdir, "broker")))
+        store = stack.enter_context(VictoriaMetricsServer(workdir=subdir(workdir, "store")))
         settings = MqttSettings(url=broker.url, prefix=PREFIX)
         scenario = bench_scenario(case, broker.url)
         agent_ids = [t.agent for t in scenario.townships]
@@ -492,9 +498,9 @@ def run_case(case: E2ECase, workdir: Path, *, log: Callable[[str], None] = print
         precompile(configs[0], workdir)
         collector = stack.enter_context(AlertCollector(settings, client_id="lifeline-bench-collect"))
         ops = stack.enter_context(OpsListener(settings))
-        stack.callback(_stop_all, children)
+        stack.callback(stop_children, children)
         agent_startup_s = start_chain(children, configs, gw_config, workdir, collector, store, agent_ids)
-        check = _alive(children)
+        check = alive_check(children)
         base_samples, _ = collector.processed(agent_ids)
         sampler = ProcessSampler()
         for child in children:
@@ -553,7 +559,7 @@ def start_chain(children: list[Child], configs: Sequence[Path], gw_config: Path,
     started = time.monotonic()
     for path in configs:
         children.append(start_child(path.stem, ["agent", "--config", str(path)], workdir))
-    check = _alive(children)
+    check = alive_check(children)
     wait_agents_ready(collector, agent_ids, READY_TIMEOUT_S, check)
     startup_s = time.monotonic() - started
     children.append(start_child("gateway", ["gateway", "--config", str(gw_config)], workdir))
@@ -600,13 +606,13 @@ def _settled_store(store: VictoriaMetricsServer, start_ms: int, processed: int,
     return last
 
 
-def _stop_all(children: Sequence[Child]) -> None:
+def stop_children(children: Sequence[Child]) -> None:
     """Agents first (they flush to the broker), then the gateway (it drains into the store)."""
     for child in sorted(children, key=lambda c: c.name == "gateway"):
         child.stop()
 
 
-def _sub(workdir: Path, name: str) -> Path:
+def subdir(workdir: Path, name: str) -> Path:
     path = workdir / name
     path.mkdir(parents=True, exist_ok=True)
     return path

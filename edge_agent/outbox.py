@@ -18,13 +18,25 @@ append is rolled back, old summaries are dropped (oldest first; alerts only when
 left) to free about twice the batch's size plus a few pages, and the append is retried once; if
 it still fails, `OutboxError` is raised and nothing of that append is stored. Nothing is dropped
 for a batch bigger than all stored rows together. Every drop is counted persistently.
+
+A real full disk is harder than `max_bytes`: in WAL mode new rows sit in the `-wal` file until a
+checkpoint copies them into the database file, and both need room, so a disk that fills up
+with recent rows in the WAL would refuse even the DELETE that makes room (every append then
+fails and alerts are lost). Hence `reserve_bytes`: a file of that size kept beside the outbox
+and given up on the first "disk full", so the checkpoint can run and truncate the WAL; then old
+summaries are dropped as above. Without the reserve (while the disk stays full) the same steps
+keep working: new rows reuse the pages of dropped ones, and each checkpoint empties the WAL.
+The reserve is re-created (at most every `_RESERVE_RETRY_S`) once the disk has room again,
+which is logged; `space_low` says whether it is missing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +62,11 @@ _FULL_DISK_SLACK_PAGES: Final = 4
 _ROW_OVERHEAD_BYTES: Final = 96
 #: Ids per `IN (...)` statement, well under SQLite's parameter limit.
 _CHUNK: Final = 500
+#: WAL pages before an automatic checkpoint (SQLite's default is 1000): a checkpoint must fit in
+#: the reserve on a full disk, so the WAL is kept at about 1 MiB.
+_WAL_CHECKPOINT_PAGES: Final = 256
+#: Seconds between attempts to re-create a missing reserve file.
+_RESERVE_RETRY_S: Final = 5.0
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -109,10 +126,12 @@ def _is_disk_full(exc: sqlite3.Error) -> bool:
 class Outbox:
     """A bounded FIFO per priority in one SQLite file; every method is safe to call from any thread."""
 
-    def __init__(self, path: Path, *, max_messages: int, max_bytes: int | None = None) -> None:
+    def __init__(self, path: Path, *, max_messages: int, max_bytes: int | None = None,
+                 reserve_bytes: int = 0) -> None:
         """Open or create the file (and its directory); raise OutboxError naming it if that fails.
 
-        `max_messages` bounds the rows; `max_bytes` optionally caps the database file's size.
+        `max_messages` bounds the rows; `max_bytes` optionally caps the database file's size;
+        `reserve_bytes` (0: none) is the disk space held back for a full disk (`<path>-reserve`).
         """
         if max_messages < 1:
             raise ValueError(f"max_messages must be at least 1, got {max_messages}")
@@ -122,6 +141,12 @@ class Outbox:
         self._synchronous = ""
         self._closed = False
         self._throttle = LogThrottle()
+        self.reserve_path = self.path.with_name(self.path.name + "-reserve")
+        self._reserve_bytes = reserve_bytes
+        self._reserve_held = False
+        self._reserve_retry_at = 0.0
+        #: While the disk is full: the outbox may hold no more payload bytes than it did then.
+        self._full_limit: int | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -135,6 +160,9 @@ class Outbox:
         except OutboxError:
             self._db.close()
             raise
+        if reserve_bytes > 0 and not self._refill_reserve():
+            log.warning("outbox %s: no room for its %d-byte reserve; the disk is (nearly) full",
+                        self.path, reserve_bytes)
 
     # ------------------------------------------------------------------ setup
 
@@ -144,6 +172,7 @@ class Outbox:
         if str(mode).lower() != "wal":
             raise OutboxError(f"outbox {self.path}: cannot switch to WAL mode (got {mode!r})")
         db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+        db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
         self._set_synchronous("FULL")
         self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
         if max_bytes is not None:
@@ -194,19 +223,98 @@ class Outbox:
                 self._rollback()
                 if not _is_disk_full(exc):
                     raise self._error("append", exc) from exc
-                batch = sum(len(m.payload) + len(m.topic) for m in messages)
+                batch = (sum(len(m.payload) + len(m.topic) for m in messages)
+                         + sum(len(v) for v in (state or {}).values()))
+                released = self._make_way()
+                if self._reserve_bytes > 0 and self._full_limit is None:
+                    # what the disk held (and half the released reserve) is the budget from now on
+                    self._full_limit = max(self._stored_bytes(), self._reserve_bytes // 2)
                 freed = self._free_space(2 * batch + _FULL_DISK_SLACK_PAGES * self._page_size,
                                          at_least=batch)
+                self._checkpoint()
                 held = self._throttle.allow("disk-full")
                 if held is not None:
-                    log.warning("outbox %s: disk full; dropped %d old message(s) to make room "
-                                "(dropped so far: %d summaries, %d alerts)%s", self.path, freed,
-                                self._dropped[1], self._dropped[0], held_note(held))
+                    log.warning("outbox %s: disk full; %sdropped %d old message(s) to make room and "
+                                "holds at most %s until the disk has room (dropped so far: %d "
+                                "summaries, %d alerts)%s", self.path,
+                                "released the reserve, " if released else "", freed,
+                                f"{self._full_limit} payload bytes" if self._full_limit else "what fits",
+                                self._dropped[1],
+                                self._dropped[0], held_note(held))
                 try:
                     self._append_once(messages, last_alert_seq, state)
                 except sqlite3.Error as exc2:
                     self._rollback()
                     raise self._error("append (after making room)", exc2) from exc2
+            else:
+                self._maybe_refill_reserve()
+
+    @property
+    def space_low(self) -> bool:
+        """True while the reserve is given up (the disk was full and has not had room for it since)."""
+        return self._reserve_bytes > 0 and not self._reserve_held
+
+    def _make_way(self) -> bool:
+        """On a full disk: give up the reserve, then checkpoint and truncate the WAL. True if the
+        reserve was released."""
+        released = self._release_reserve()
+        self._checkpoint()
+        return released
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (best effort: it may need room too)."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            log.debug("outbox %s: checkpoint failed: %s", self.path, exc)
+
+    def _release_reserve(self) -> bool:
+        if not self._reserve_held:
+            return False
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("outbox %s: cannot release the reserve %s: %s", self.path, self.reserve_path, exc)
+            return False
+        self._reserve_held = False
+        self._reserve_retry_at = time.monotonic() + _RESERVE_RETRY_S
+        return True
+
+    def _refill_reserve(self) -> bool:
+        """(Re)create the reserve file at full size; False (and no file) if the disk has no room."""
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self._reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError:
+            try:
+                self.reserve_path.unlink()
+            except OSError:
+                pass
+            return False
+        self._reserve_held = True
+        return True
+
+    def _maybe_refill_reserve(self) -> None:
+        """After a full disk: keep the WAL empty (its pages must not need room the database
+        file cannot get) and try now and then to take the reserve back; log when it worked."""
+        if not self.space_low:
+            return
+        self._checkpoint()
+        if time.monotonic() < self._reserve_retry_at:
+            return
+        if self._refill_reserve():
+            self._full_limit = None
+            self._throttle.reset("disk-full")
+            log.info("outbox %s: the disk has room again; reserve of %d bytes restored "
+                     "(dropped so far: %d summaries, %d alerts)", self.path, self._reserve_bytes,
+                     self._dropped[1], self._dropped[0])
+        else:
+            self._reserve_retry_at = time.monotonic() + _RESERVE_RETRY_S
 
     def _append_once(self, messages: Sequence[OutboundMessage], last_alert_seq: int | None,
                      state: Mapping[str, bytes] | None) -> None:
@@ -232,6 +340,8 @@ class Outbox:
             pending[rank] -= n
             dropped[rank] += n
             excess -= n
+        if self._full_limit is not None:
+            self._hold_bytes(self._full_limit, pending, dropped)
         if dropped != self._dropped:
             self._store_dropped(dropped)
         db.execute("COMMIT")
@@ -239,6 +349,29 @@ class Outbox:
         self._dropped = dropped
         if last_alert_seq is not None:
             self._last_alert_seq = last_alert_seq
+
+    def _stored_bytes(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM outbox").fetchone()[0])
+
+    def _hold_bytes(self, limit: int, pending: list[int], dropped: list[int]) -> None:
+        """Within a transaction: drop the oldest summaries, then alerts, until the payloads hold at
+        most `limit` bytes (on a full disk: new rows then reuse the pages of dropped ones)."""
+        excess = self._stored_bytes() - limit
+        for rank in (1, 0):
+            if excess <= 0:
+                return
+            victims: list[int] = []
+            cur = self._db.execute("SELECT id, length(payload) FROM outbox WHERE rank = ? ORDER BY id",
+                                   (rank,))
+            for row_id, size in cur:
+                if excess <= 0:
+                    break
+                victims.append(row_id)
+                excess -= int(size)
+            cur.close()
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(v,) for v in victims])
+            pending[rank] -= len(victims)
+            dropped[rank] += len(victims)
 
     def _delete_oldest(self, rank: int, *, count: int) -> int:
         cur = self._db.execute(
@@ -294,22 +427,33 @@ class Outbox:
             return
         with self._lock:
             self._check_open()
-            db = self._db
             try:
-                self._set_synchronous("NORMAL")
-                db.execute("BEGIN IMMEDIATE")
-                ranks = [0, 0]
-                for start in range(0, len(ids), _CHUNK):
-                    chunk = ids[start:start + _CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    for (rank,) in db.execute(
-                            f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING rank", chunk).fetchall():
-                        ranks[rank] += 1
-                db.execute("COMMIT")
+                ranks = self._ack_once(ids)
             except sqlite3.Error as exc:
                 self._rollback()
-                raise self._error("ack", exc) from exc
+                if not _is_disk_full(exc):
+                    raise self._error("ack", exc) from exc
+                self._make_way()  # a delete needs room in the WAL too
+                try:
+                    ranks = self._ack_once(ids)
+                except sqlite3.Error as exc2:
+                    self._rollback()
+                    raise self._error("ack", exc2) from exc2
             self._pending = [self._pending[0] - ranks[0], self._pending[1] - ranks[1]]
+
+    def _ack_once(self, ids: list[int]) -> list[int]:
+        db = self._db
+        self._set_synchronous("NORMAL")
+        db.execute("BEGIN IMMEDIATE")
+        ranks = [0, 0]
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for (rank,) in db.execute(
+                    f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING rank", chunk).fetchall():
+                ranks[rank] += 1
+        db.execute("COMMIT")
+        return ranks
 
     # ------------------------------------------------------------------ reads
 

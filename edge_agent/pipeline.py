@@ -24,6 +24,19 @@ arrived for longer than its limit, judged by wall clock: `gap_s` from its config
 `gap_multiple` times its learnt arrival interval (a slowly decaying maximum of the intervals
 seen, at least `gap_floor_s`), else (nothing learnt yet) `gap_startup_s` after the agent or the
 sensor's last arrival. It raises rule `gap` level 1 and clears to 0 on the next arrival.
+
+Time: inputs stamp with agent time (`inputs.base.AgentClock`: the monotonic clock anchored to
+the wall clock at start), and the rules, gap timers and summary windows run on it, so a step of
+the wall clock (NTP, an operator, a bad RTC) neither fabricates nor hides gaps, nor freezes the
+rate/anomaly/drift rules (they take a sample older than the newest as simultaneous), nor stops
+summaries. What the pipeline publishes follows the wall clock: Alert `ts` of an agent-stamped
+sample and of a gap, and Summary `t0`/`t1`, are agent time plus the wall clock's offset from
+it; times a sender stamped (`t0`, `ts`) are its own clock and pass unchanged. A step of at
+least `CLOCK_STEP_MS` is counted (`clock_steps`) and logged once, and the summary window in
+progress closes at once (a short window labelled in the old wall time) so the next ones align
+to the new wall clock. After a step back, windows and alerts may carry wall times already used
+before the step: that is what the wall clock says; alert ids stay unique since they are built
+from agent time (equal to `ts` until the first step).
 """
 
 from __future__ import annotations
@@ -44,7 +57,7 @@ from edge_agent.contract import Alert, DecodeError, Summary, decode_raw_block, p
 from edge_agent.contract.messages import MAX_PAYLOAD_BYTES, SEQ_MODULUS
 from edge_agent.errors import TopicError
 from edge_agent.inputs import raw_decode
-from edge_agent.inputs.base import RawMessage, SampleBlock, ThrottledWarnings, now_ms
+from edge_agent.inputs.base import CLOCK, RawMessage, SampleBlock, ThrottledWarnings, now_ms
 from edge_agent.kernels import (
     FAULT_RULES,
     RULE_NAMES,
@@ -66,6 +79,8 @@ GAP_CHECK_MS: Final = 100
 #: Each new arrival interval decays the learnt maximum by this factor before comparing.
 INTERVAL_DECAY: Final = 0.99
 _HALF_SEQ: Final = SEQ_MODULUS // 2
+#: A change of the wall clock's offset from agent time this large (ms) is a step.
+CLOCK_STEP_MS: Final = 1000
 STATE_FORMAT: Final = 1
 
 
@@ -103,6 +118,7 @@ class PipelineCounters:
     batches: int = 0
     alerts: int = 0
     summaries: int = 0
+    clock_steps: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
@@ -139,7 +155,10 @@ class Pipeline:
                  gap_s: Sequence[float | None] | None = None,
                  expected_period_s: Sequence[float | None] | None = None,
                  last_alert_seq: int = 0, prefix: str = "lifeline/v1",
-                 clock: Callable[[], int] = now_ms) -> None:
+                 clock: Callable[[], int] = now_ms,
+                 wall_offset: Callable[[], int | None] | None = None) -> None:
+        """`clock` gives agent time (ms); `wall_offset` the wall clock minus it (default: the
+        agent's CLOCK for the default clock, else 0: a test's clock is the wall clock)."""
         n = len(registry)
         self.registry = registry
         self.agent = agent
@@ -149,6 +168,10 @@ class Pipeline:
         self.chain = RuleChain(list(rules))
         self.windows = WindowAccumulator(n, kinds=[info.kind for info in registry.sensors])
         self._clock = clock
+        self._wall_offset = wall_offset or (CLOCK.wall_offset_ms if clock is now_ms else lambda: 0)
+        self._offset_ms = self._wall_offset() or 0
+        #: Whether each sensor's latest samples were stamped by the agent (else by the sender).
+        self._agent_stamped = np.ones(n, dtype=np.bool_)
         self._warnings = ThrottledWarnings(log)
         self._ids = registry.ids
         self._kinds = [s.kind for s in registry.sensors]
@@ -172,7 +195,8 @@ class Pipeline:
         start = clock()
         self._started_ms = start
         self._gaps_checked = start - GAP_CHECK_MS
-        self._window_t0 = start - start % self.window_ms
+        self._window_t0 = self._window_t1 = start
+        self._align_window(start)
 
     # ------------------------------------------------------------------ one step
 
@@ -189,8 +213,9 @@ class Pipeline:
 
     def step(self, raw: Sequence[RawMessage], blocks: Sequence[SampleBlock],
              now: int | None = None) -> StepResult:
-        """Decode and detect one batch, then check gaps and the summary window at wall time `now`."""
+        """Decode and detect one batch, then check gaps and the summary window at agent time `now`."""
         now = self._clock() if now is None else now
+        stepped = self._follow_wall_clock(now)
         alerts: list[Alert] = []
         batch = self.build_batch(raw, blocks)
         if batch is not None:
@@ -200,7 +225,7 @@ class Pipeline:
         if now - self._gaps_checked >= GAP_CHECK_MS or now < self._gaps_checked:
             self._gaps_checked = now
             alerts += self._check_gaps(now)
-        return StepResult(alerts, self._summary_due(now))
+        return StepResult(alerts, stepped or self._summary_due(now))
 
     def build_batch(self, raw: Sequence[RawMessage], blocks: Sequence[SampleBlock]) -> Batch | None:
         """Decode raw messages and join them with decoded blocks, grouped by sensor in arrival
@@ -215,8 +240,9 @@ class Pipeline:
                 return batch
         parts = _Parts()
         self._decode_raw(raw, parts)
-        for block in blocks:
+        for block in blocks:  # serial and Modbus: stamped by the agent
             parts.explicit[len(parts.sensors)] = block.times
+            parts.stamped.append(True)
             parts.add(block.sensor, block.values, len(block.values), 0, 0.0, block.received_ms)
         if not parts.sensors:
             return None
@@ -262,6 +288,7 @@ class Pipeline:
                                   times)
         if not len(order):
             return True, None
+        self._agent_stamped[sensor_arr[order]] = parsed_i[order, raw_decode.T0] == 0
         counters.blocks += len(order)
         counters.samples += total
         return True, self._grouped(sensor_arr[order].astype(np.int32), sample_starts,
@@ -305,6 +332,7 @@ class Pipeline:
                         counters.seq_gaps += ahead - 1
                     else:
                         counters.seq_resets += 1
+            parts.stamped.append(ts is None and not t0)
             if ts is not None:
                 parts.explicit[len(sensors)] = ts
                 base.append(0)
@@ -350,6 +378,7 @@ class Pipeline:
             for entry, times in parts.explicit.items():
                 at = int(starts[position[entry]])
                 time_arr[at:at + len(times)] = times
+        self._agent_stamped[sensor_arr[order]] = np.array(parts.stamped, dtype=np.bool_)[order]
         counters = self.counters
         blocks = int(np.count_nonzero(n))
         counters.blocks += blocks
@@ -406,13 +435,19 @@ class Pipeline:
         return alerts
 
     def _alert(self, sensor: int, rule: str, level: int, prev: int, value: float, ts: int,
-               limit: float | None, extra: dict[str, Any]) -> Alert:
-        """The next Alert in seq order."""
+               limit: float | None, extra: dict[str, Any], *, agent_time: bool | None = None) -> Alert:
+        """The next Alert in seq order, for a sample at `ts` (agent time if `agent_time`, which
+        defaults to how the sensor's samples are stamped; else the sender's time)."""
         self.last_alert_seq += 1
         self.counters.alerts += 1
         sensor_id = self._ids[sensor]
+        if agent_time is None:
+            agent_time = bool(self._agent_stamped[sensor])
+        key = ts
+        if agent_time:
+            ts += self._offset_ms
         return Alert(
-            id=f"{self.agent.id}:{sensor_id}:{rule}:{level}@{ts}", agent=self.agent.id,
+            id=f"{self.agent.id}:{sensor_id}:{rule}:{level}@{key}", agent=self.agent.id,
             sensor=sensor_id, kind=self._kinds[sensor], site=self._sites[sensor],
             township=self.agent.township, district=self.agent.district, rule=rule, level=level,
             prev=prev, value=value, ts=ts, seq=self.last_alert_seq, limit=limit, extra=extra or None,
@@ -436,7 +471,8 @@ class Pipeline:
             self._gap_level[sensor] = 0
             value = self._first_value(batch, sensor)
             alerts.append(self._alert(sensor, GAP_RULE, 0, 1, value[0], value[1], None,
-                                      {"fault": True}))
+                                      {"fault": True},
+                                      agent_time=self._first_stamped_by_agent(batch, sensor)))
         return alerts
 
     def _first_value(self, batch: Batch, sensor: int) -> tuple[float, int]:
@@ -448,6 +484,10 @@ class Pipeline:
         last = self._last_value[sensor]
         return (0.0 if math.isnan(last) else float(last)), int(self._last_arrival[sensor])
 
+    def _first_stamped_by_agent(self, batch: Batch, sensor: int) -> bool:
+        """Whether `_first_value` of `sensor` is in agent time."""
+        return not np.any(batch.block_sensor == sensor) or bool(self._agent_stamped[sensor])
+
     def gap_limits_ms(self) -> F64Array:
         """Each sensor's current silence limit in ms (see the module docstring)."""
         g = self._gap
@@ -456,7 +496,8 @@ class Pipeline:
         return np.where(np.isnan(self._gap_fixed_ms), limit, self._gap_fixed_ms)
 
     def _check_gaps(self, now: int) -> list[Alert]:
-        """Raise `gap` for every sensor silent beyond its limit by wall clock."""
+        """Raise `gap` for every sensor silent beyond its limit (agent time: steps of the wall
+        clock do not count)."""
         since = np.where(self._last_arrival >= 0, self._last_arrival, self._started_ms)
         silent = (now - since) > self.gap_limits_ms()
         raised = np.flatnonzero(silent & (self._gap_level == 0))
@@ -466,7 +507,7 @@ class Pipeline:
             last = self._last_value[sensor]
             silent_s = (now - int(since[sensor])) / 1000.0
             alerts.append(self._alert(sensor, GAP_RULE, 1, 0, 0.0 if math.isnan(last) else float(last),
-                                      now, None, {"fault": True, "silent_s": silent_s}))
+                                      now, None, {"fault": True, "silent_s": silent_s}, agent_time=True))
         return alerts
 
     def sensors_in_gap(self) -> int:
@@ -477,12 +518,41 @@ class Pipeline:
 
     def _summary_due(self, now: int) -> Summary | None:
         """The summary of the window that ended at or before `now`, if one did (None if it was empty)."""
-        t1 = self._window_t0 + self.window_ms
-        if now < t1:
+        if now < self._window_t1:
             return None
-        summary = self.summary(self._window_t0, t1)
-        self._window_t0 = now - now % self.window_ms
+        off = self._offset_ms
+        summary = self.summary(self._window_t0 + off, self._window_t1 + off)
+        self._align_window(now)
         return summary
+
+    def _align_window(self, now: int) -> None:
+        """Start the window that holds `now`, aligned to the wall clock (agent time bounds)."""
+        wall = now + self._offset_ms
+        self._window_t0 = wall - wall % self.window_ms - self._offset_ms
+        self._window_t1 = self._window_t0 + self.window_ms
+
+    def _follow_wall_clock(self, now: int) -> Summary | None:
+        """Notice a step of the wall clock: count and log it, close the window in progress (its
+        summary, labelled in the old wall time, is returned) and realign windows to the new one."""
+        offset = self._wall_offset()
+        if offset is None or abs(offset - self._offset_ms) < CLOCK_STEP_MS:
+            return None
+        step, old = offset - self._offset_ms, self._offset_ms
+        self.counters.clock_steps += 1
+        log.warning("the wall clock stepped %s by %.3f s; published times follow it, gap timers, "
+                    "rules and windows keep agent time", "forward" if step > 0 else "back",
+                    abs(step) / 1000)
+        summary = self.summary(self._window_t0 + old, max(now, self._window_t0 + 1) + old)
+        self._offset_ms = offset
+        self._window_t0 = now
+        wall = now + offset
+        self._window_t1 = wall - wall % self.window_ms + self.window_ms - offset
+        return summary
+
+    @property
+    def wall_offset_ms(self) -> int:
+        """The wall clock minus agent time, as last followed (0 until the wall clock steps)."""
+        return self._offset_ms
 
     def summary(self, t0: int, t1: int) -> Summary | None:
         """Take the window features gathered so far as the Summary of [t0, t1); None if no data."""
@@ -692,7 +762,7 @@ class _Parts:
     entry to its own sample times (RawBlock `ts`, serial and Modbus blocks).
     """
 
-    __slots__ = ("sensors", "values", "counts", "base", "step", "received", "explicit")
+    __slots__ = ("sensors", "values", "counts", "base", "step", "received", "explicit", "stamped")
 
     def __init__(self) -> None:
         self.sensors: list[int] = []
@@ -702,6 +772,8 @@ class _Parts:
         self.step: list[float] = []
         self.received: list[int] = []
         self.explicit: dict[int, I64Array] = {}
+        #: Whether each entry's times were stamped by the agent (no sender `t0`/`ts`).
+        self.stamped: list[bool] = []
 
     def add(self, sensor: int, values: Any, count: int, base: int, step: float,
             received: int) -> None:

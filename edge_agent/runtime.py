@@ -42,6 +42,9 @@ STATE_KEY: Final = "detection"
 LEVELS_KEY: Final = "levels"
 #: Seconds the uplink may take to drain on shutdown.
 STOP_TIMEOUT_S: Final = 3.0
+#: Disk space (bytes) the outbox holds back beside it, given up when the disk is full so the
+#: outbox can still make room (see `edge_agent.outbox`).
+OUTBOX_RESERVE_BYTES: Final = 4 << 20
 #: Longest sleep of an idle pipeline: gap checks and summary windows need a step this often.
 IDLE_STEP_S: Final = 0.1
 #: Alerts of one batch logged one per line; beyond this, one line says how many more.
@@ -120,7 +123,8 @@ class Agent:
             rules = [sensor_rules(s, i) for i, s in enumerate(config.sensor)]
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        self.outbox = Outbox(Path(a.state_dir) / OUTBOX_FILE, max_messages=a.outbox_max_messages)
+        self.outbox = Outbox(Path(a.state_dir) / OUTBOX_FILE, max_messages=a.outbox_max_messages,
+                             reserve_bytes=OUTBOX_RESERVE_BYTES)
         self.pipeline = Pipeline(
             self.registry, rules, agent=AgentIdentity(a.id, a.district, a.township),
             window_s=a.window_s, prefix=config.raw_input_settings().prefix,
@@ -295,6 +299,8 @@ class Agent:
             "backlog_alerts": box.pending_alerts,
             "dropped_alerts": box.dropped_alerts,
             "dropped_summaries": box.dropped_summaries,
+            "disk_full": self.outbox.space_low,
+            "wall_offset_ms": self.pipeline.wall_offset_ms,
         }
         if self.raw_input is not None:
             out["raw_connected"] = self.raw_input.connected

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from edge_agent.config import MqttSettings, ConfigSection, load_toml_model, read_secret_file
+from edge_agent.config import (
+    ConfigSection,
+    Ident,
+    MqttSettings,
+    check_no_credentials,
+    check_secret_file,
+    load_toml_model,
+    read_secret_file,
+)
+
+#: What the gateway does with an alert naming an agent it has no status or summary of.
+UnknownAgents = Literal["refuse", "accept"]
 
 
 class InfluxSettings(ConfigSection):
@@ -17,7 +29,7 @@ class InfluxSettings(ConfigSection):
     org: str = "lifeline"
     bucket: str = "lifeline"
     #: Token inline; or `token_file`; or the environment variable LIFELINE_INFLUX_TOKEN.
-    token: str = Field(default="", repr=False)
+    token: SecretStr = Field(default=SecretStr(""), repr=False)
     token_file: Path | None = None
     #: Points per write request.
     batch_size: int = Field(default=5000, ge=1, le=100_000)
@@ -31,14 +43,22 @@ class InfluxSettings(ConfigSection):
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
+        check_no_credentials(url, "give the token as influx.token_file or LIFELINE_INFLUX_TOKEN")
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {url!r}")
         return url
 
+    @model_validator(mode="after")
+    def _check_token_file(self) -> InfluxSettings:
+        """A token file that will be used must be readable now, so `--check` finds it broken."""
+        if self.token_file is not None and not self.token.get_secret_value():
+            check_secret_file(self.token_file, "token_file")
+        return self
+
     def resolved_token(self) -> str:
         """The token from `token`, `token_file` or LIFELINE_INFLUX_TOKEN, in that order."""
-        if self.token:
-            return self.token
+        if self.token.get_secret_value():
+            return self.token.get_secret_value()
         if self.token_file is not None:
             return read_secret_file(self.token_file, "influx.token_file")
         return os.environ.get("LIFELINE_INFLUX_TOKEN", "")
@@ -48,8 +68,10 @@ class GatewaySection(ConfigSection):
     """`[gateway]`: this gateway's identity and scale-out settings (all optional)."""
 
     id: str = Field(default="gateway", pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    #: Shared-subscription group; gateways in one group split the load. Empty: no sharing.
-    share_group: str = Field(default="lifeline-gw", pattern=r"^[A-Za-z0-9._-]{0,64}$")
+    #: Shared-subscription group; gateways in one group split the load. Empty (the default): a
+    #: plain subscription, which the broker restores after its own restart. Mosquitto 2.0.11
+    #: does not restore `$share` subscriptions, so what arrives before the group re-subscribes is lost.
+    share_group: str = Field(default="", pattern=r"^[A-Za-z0-9._-]{0,64}$")
     #: Most messages taken from the broker but not yet confirmed by the store.
     max_inflight: int = Field(default=20_000, ge=1)
     #: How long the broker keeps this gateway's session (and queues for it) while it is away.
@@ -60,6 +82,13 @@ class GatewaySection(ConfigSection):
     stats_interval_s: float = Field(default=60.0, gt=0, le=86400)
     #: An online agent silent this long is shown as `stale` in the registry.
     agent_stale_s: float = Field(default=120.0, gt=0)
+    #: Agents whose alerts are accepted (known from the start); empty: any agent heard on its
+    #: own status or summary topic.
+    agents: list[Ident] = Field(default_factory=list)
+    #: An alert naming an agent never heard of waits this long for the agent's status or summary.
+    unknown_agent_hold_s: float = Field(default=10.0, ge=0, le=600)
+    #: ... and is then refused (the default) or accepted.
+    unknown_agents: UnknownAgents = "refuse"
 
 
 class GatewayConfig(ConfigSection):

@@ -12,6 +12,12 @@ class GatewayCounters:
     received: int = 0
     bad_payloads: int = 0
     alerts: int = 0
+    #: Alerts whose `agent` the registry contradicts (another owner, not allowed, still unknown).
+    alerts_refused: int = 0
+    #: Alerts that had to wait for their agent's status or summary (each counted once).
+    alerts_held: int = 0
+    #: Alerts accepted although their agent stayed unknown (`gateway.unknown_agents = "accept"`).
+    alerts_unverified: int = 0
     summaries: int = 0
     statuses: int = 0
     acked: int = 0

@@ -7,13 +7,17 @@ thread, so the ack ledger, the open batch and the registry need no locks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.store import WriteOutcome
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A message the broker delivered on one of our subscriptions."""
+class Inbound(NamedTuple):
+    """A message the broker delivered on one of our subscriptions.
+
+    A NamedTuple rather than a frozen dataclass: one is made per message (and a PublishAcked per
+    ops publish), and a tuple is built in half the time.
+    """
 
     topic: str
     payload: bytes
@@ -23,8 +27,7 @@ class Inbound:
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
-class PublishAcked:
+class PublishAcked(NamedTuple):
     """The broker acknowledged (or refused: reason code >= 0x80) one of our QoS 1 publishes."""
 
     mid: int

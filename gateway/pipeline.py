@@ -10,6 +10,13 @@ alert within milliseconds even while the store is down. A crash before the ackno
 makes the broker re-send the alert and the gateway route it again: ops consoles get alerts
 at least once and de-duplicate by the alert's `id` (contract section 2).
 
+An alert's claimed `agent` is held against the registry first (`Registry.check_alert`): one
+naming another agent than the sensor's owner, or an agent not on the allow-list, is refused
+(counted, logged, acknowledged, never stored or routed). One naming an agent not heard of yet
+waits (unacknowledged, so nothing behind it is acknowledged either) for that agent's status or
+summary, at most the registry's `unknown_hold_s`: after a restart the broker re-sends the
+session's backlog before the retained statuses, so a legitimate agent's alerts often come first.
+
 Batches are sealed when they reach `batch_points`, when their oldest message is
 `flush_interval` old, or as soon as the queue of events is empty while the store writer is
 idle, which keeps latency low under light load and batches large under heavy load.
@@ -22,14 +29,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from edge_agent.backoff import LogThrottle, held_note
 from edge_agent.contract import (
     Alert,
     DecodeError,
     alert_topic,
-    decode_alert,
     decode_status,
     ops_topic,
     parse_topic,
@@ -37,8 +43,9 @@ from edge_agent.contract import (
     summary_topic,
     tiers_for,
 )
+from edge_agent.contract.kinds import MAX_LEVEL
 from gateway.counters import GatewayCounters
-from gateway.decode import SummaryDecoder
+from gateway.decode import AlertDecoder, SummaryDecoder
 from gateway.events import (
     BatchDone,
     Connected,
@@ -58,7 +65,7 @@ from gateway.lineproto import (
     reading_table,
     status_table,
 )
-from gateway.registry import Registry
+from gateway.registry import AlertVerdict, Registry
 from gateway.store import WriteOutcome
 
 log = logging.getLogger(__name__)
@@ -104,6 +111,23 @@ class PipelineSettings:
 
 
 AlertKey = tuple[str, str, int]
+
+#: Most alerts waiting for their agent to become known; beyond it the oldest is decided at once,
+#: so a flood of alerts from unknown agents cannot stall every acknowledgement behind it.
+MAX_WAITING: Final = 5000
+#: Most districts whose ops topics are cached; beyond it the cache starts afresh.
+MAX_CACHED_DISTRICTS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """An alert held until its agent is known (or its time is up)."""
+
+    alert: Alert
+    payload: bytes
+    delivery: Delivery
+    epoch: int
+    deadline: float
 
 
 @dataclass(slots=True)
@@ -154,6 +178,7 @@ class Pipeline:
         self._status_head = f"{settings.prefix}/status/"
         self._cache = PrefixCache()
         self._summaries = SummaryDecoder()
+        self._alerts = AlertDecoder()
         self._open = _OpenBatch()
         self._sealed: dict[int, list[Delivery]] = {}
         self._next_batch = 1
@@ -164,6 +189,11 @@ class Pipeline:
         self._draining = False
         self._publish_limit = 65535
         self._deferred: deque[tuple[str, bytes, bool, Delivery | None]] = deque()
+        #: Alerts waiting for their agent, oldest first, and how many wait per agent.
+        self._waiting: deque[_Waiting] = deque()
+        self._waiting_agents: dict[str, int] = {}
+        #: district -> ops topics by alert level (see `_ops_topics`).
+        self._ops_cache: dict[str, list[tuple[str, ...]]] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -223,19 +253,124 @@ class Pipeline:
         batch.deliveries.append(delivery)
 
     def _on_alert(self, message: Inbound, delivery: Delivery) -> None:
-        alert = decode_alert(message.payload)
+        alert = self._alerts.decode(message.payload)
         expected = alert_topic(self._prefix, alert.district, alert.site, alert.sensor)
         if message.topic != expected:
             raise DecodeError(
                 f"Alert from {alert.sensor!r}: topic {message.topic!r} does not match "
                 f"its district/site/sensor ({expected!r})"
             )
+        verdict = self.registry.check_alert(alert)
+        if verdict is AlertVerdict.ACCEPT:
+            self._accept_alert(alert, message.payload, delivery, message.epoch)
+        elif verdict is AlertVerdict.UNKNOWN_AGENT and self.registry.holds_unknown:
+            self._wait_for_agent(alert, message.payload, delivery, message.epoch)
+        else:
+            self._decide_unknown(alert, message.payload, delivery, message.epoch, verdict)
+
+    def _accept_alert(self, alert: Alert, payload: bytes, delivery: Delivery, epoch: int) -> None:
         self.counters.alerts += 1
         self.registry.on_alert(alert, self._wall_ms())
-        self._hold(delivery, message.epoch)
+        self._hold(delivery, epoch)
         self._add_alert(alert)
-        for tier in tiers_for(alert.level, alert.prev):
-            self._publish(ops_topic(self._prefix, tier, alert.district), message.payload, delivery)
+        level, prev = alert.level, alert.prev
+        for topic in self._ops_topics(alert.district)[level if level > prev else prev]:
+            self._publish(topic, payload, delivery)
+
+    def _ops_topics(self, district: str) -> list[tuple[str, ...]]:
+        """The ops topics of `district` an alert goes to, by its max(level, prev) (cached)."""
+        topics = self._ops_cache.get(district)
+        if topics is None:
+            if len(self._ops_cache) >= MAX_CACHED_DISTRICTS:
+                self._ops_cache.clear()
+            topics = self._ops_cache[district] = [
+                tuple(ops_topic(self._prefix, tier, district) for tier in tiers_for(top, top))
+                for top in range(MAX_LEVEL + 1)
+            ]
+        return topics
+
+    def _decide_unknown(
+        self, alert: Alert, payload: bytes, delivery: Delivery, epoch: int, verdict: AlertVerdict
+    ) -> None:
+        """Refuse an alert the registry did not accept, unless its agent is merely unknown and
+        `unknown_agents = "accept"`."""
+        if verdict is AlertVerdict.UNKNOWN_AGENT and self.registry.unknown_agents == "accept":
+            self.counters.alerts_unverified += 1
+            self._accept_alert(alert, payload, delivery, epoch)
+        else:
+            self._refuse_alert(alert, verdict)
+
+    def _refuse_alert(self, alert: Alert, verdict: AlertVerdict) -> None:
+        """Count and log a refused alert; its delivery is left free, so it is acknowledged."""
+        self.counters.alerts_refused += 1
+        held = self._throttle.allow("refused-alert")
+        if held is not None:
+            owner = self.registry.owner(alert.sensor)
+            why = {
+                AlertVerdict.WRONG_OWNER: "the sensor belongs to another agent",
+                AlertVerdict.NOT_ALLOWED: "the agent is not in gateway.agents",
+                AlertVerdict.UNKNOWN_AGENT: "no status or summary of the agent came in time",
+            }.get(verdict, verdict.value)
+            log.warning(
+                "refused alert %s of sensor %s: it claims agent %s, owner %s (%s)%s",
+                alert.id,
+                alert.sensor,
+                alert.agent,
+                owner if owner is not None else "unknown",
+                why,
+                held_note(held),
+            )
+
+    def _wait_for_agent(self, alert: Alert, payload: bytes, delivery: Delivery, epoch: int) -> None:
+        """Hold an alert of an agent not heard of yet until its status or summary comes."""
+        self.counters.alerts_held += 1
+        self.ledger.hold(delivery)
+        deadline = self._clock() + self.registry.unknown_hold_s
+        self._waiting.append(_Waiting(alert, payload, delivery, epoch, deadline))
+        self._waiting_agents[alert.agent] = self._waiting_agents.get(alert.agent, 0) + 1
+        if len(self._waiting) > MAX_WAITING:
+            self._settle_waiting(lambda w: w is self._waiting[0], final=True)
+        held = self._throttle.allow("held-alert")
+        if held is not None:
+            log.info(
+                "holding alert %s of sensor %s for up to %.0f s: agent %s has sent no status or "
+                "summary yet%s",
+                alert.id,
+                alert.sensor,
+                self.registry.unknown_hold_s,
+                alert.agent,
+                held_note(held),
+            )
+
+    def _settle_waiting(self, due: Callable[[_Waiting], bool], *, final: bool) -> None:
+        """Decide the waiting alerts `due` picks: by the registry now, or finally (time is up)."""
+        keep: deque[_Waiting] = deque()
+        for waiting in list(self._waiting):
+            if not due(waiting):
+                keep.append(waiting)
+                continue
+            verdict = self.registry.check_alert(waiting.alert)
+            if verdict is AlertVerdict.UNKNOWN_AGENT and not final:
+                keep.append(waiting)
+                continue
+            count = self._waiting_agents[waiting.alert.agent] - 1
+            if count:
+                self._waiting_agents[waiting.alert.agent] = count
+            else:
+                del self._waiting_agents[waiting.alert.agent]
+            if verdict is AlertVerdict.ACCEPT:
+                self._accept_alert(waiting.alert, waiting.payload, waiting.delivery, waiting.epoch)
+            else:
+                self._decide_unknown(
+                    waiting.alert, waiting.payload, waiting.delivery, waiting.epoch, verdict
+                )
+            self.ledger.release(waiting.delivery)
+        self._waiting = keep
+
+    def _agent_heard(self, agent: str) -> None:
+        """A status or summary of `agent` came: decide the alerts that waited for it."""
+        if agent in self._waiting_agents:
+            self._settle_waiting(lambda w: w.alert.agent == agent, final=False)
 
     def _add_alert(self, alert: Alert) -> None:
         """One alert per (sensor, rule, ts), the store's point identity: the highest `seq` wins."""
@@ -269,6 +404,8 @@ class Pipeline:
         self.registry.on_summary(summary, self._wall_ms())
         self._hold(delivery, message.epoch)
         self._add_lines(lines)
+        if self._waiting:
+            self._agent_heard(summary.agent)
 
     def _on_status(self, message: Inbound, delivery: Delivery) -> None:
         if not message.payload:  # a cleared retained status: the agent was removed
@@ -284,6 +421,8 @@ class Pipeline:
             self._next_registry = min(self._next_registry, self._clock() + 1.0)
         self._hold(delivery, message.epoch)
         self._add_lines(lines)
+        if self._waiting:
+            self._agent_heard(status.agent)
 
     def _add_lines(self, lines: Lines) -> None:
         self.counters.rows_without_fields += lines.dropped
@@ -342,6 +481,8 @@ class Pipeline:
     def _on_disconnected(self, event: Disconnected) -> None:
         self.counters.broker_disconnects += 1
         self.seal()  # a batch never mixes connections, so a stale one can be abandoned whole
+        self._waiting.clear()  # their deliveries are forgotten too: the broker re-sends them
+        self._waiting_agents.clear()
         dropped = self.ledger.forget()
         log.warning(
             "broker connection lost (%s); %d unacknowledged message(s) will be re-sent",
@@ -361,6 +502,8 @@ class Pipeline:
             or (inbox_empty and self._writer.idle)
         ):
             self.seal()
+        if self._waiting and self._waiting[0].deadline <= now:
+            self._settle_waiting(lambda w: w.deadline <= now, final=True)
         if now >= self._next_registry:
             self._publish_registry(now)
         if now >= self._next_stats:
@@ -375,6 +518,8 @@ class Pipeline:
         deadline = min(self._next_registry, self._next_stats)
         if not self._open.empty:
             deadline = min(deadline, self._open.opened + self.settings.flush_interval_s)
+        if self._waiting:
+            deadline = min(deadline, self._waiting[0].deadline)
         return max(0.0, deadline - now)
 
     def seal(self) -> None:
@@ -422,13 +567,16 @@ class Pipeline:
         self._next_stats = now + self.settings.stats_interval_s
         c = self.counters
         log.info(
-            "received %d (alerts %d, summaries %d, statuses %d, bad %d), stored %d points in %d "
-            "batches, routed %d, acked %d, in flight %d, store retries %d, broker disconnects %d",
+            "received %d (alerts %d, summaries %d, statuses %d, bad %d, alerts refused %d, "
+            "waiting for their agent %d), stored %d points in %d batches, routed %d, acked %d, "
+            "in flight %d, store retries %d, broker disconnects %d",
             c.received,
             c.alerts,
             c.summaries,
             c.statuses,
             c.bad_payloads,
+            c.alerts_refused,
+            len(self._waiting),
             c.points_stored,
             c.batches_stored,
             c.routed,
@@ -453,5 +601,9 @@ class Pipeline:
 
     @property
     def settled(self) -> bool:
-        """Every delivery taken is stored, routed and acknowledged (nothing left in flight)."""
-        return not self._sealed and self._open.empty and len(self.ledger) == 0
+        """Every delivery taken is stored, routed and acknowledged (nothing left in flight), or
+        only alerts waiting for their agent (and what arrived after them) are left: the broker
+        re-sends those to the next run."""
+        if self._sealed or not self._open.empty:
+            return False
+        return len(self.ledger) == 0 or (bool(self._waiting) and self.ledger.publishes_pending == 0)

@@ -3,19 +3,45 @@
 Agents come from their retained Status (and are seen again by every summary and alert);
 sensors from summaries (kind, site, last window) and alerts. A summary costs O(1) here: the
 registry keeps each agent's last summary per chunk of sensors and expands it to per-sensor
-rows only when a snapshot is taken (every few seconds), not per row on the hot path.
+rows only when a snapshot is taken (every few seconds), not per row on the hot path (sensor
+ownership is re-read only when a chunk's sensor list changes).
+
+It is also what the gateway trusts about who sends what: statuses and summaries arrive on
+topics the broker's ACL reserves for their agent, so they name agents and the sensors each one
+owns reliably; an alert's topic carries no agent, so `check_alert` holds its claimed `agent`
+against them (see `AlertVerdict`).
 """
 
 from __future__ import annotations
 
+import enum
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 import msgpack
 
+from edge_agent.backoff import LogThrottle, held_note
 from edge_agent.contract import Alert, Status, Summary
+from gateway.config import GatewaySection, UnknownAgents
+
+log = logging.getLogger(__name__)
 
 VERSION: Final = 1
+
+
+class AlertVerdict(enum.Enum):
+    """What the registry says about an alert's claimed `agent`."""
+
+    #: The claimed agent owns the sensor, or is known and the sensor has no known owner.
+    ACCEPT = "accept"
+    #: A summary put the sensor under another agent: the claim is false.
+    WRONG_OWNER = "wrong_owner"
+    #: The agent is not on the configured allow-list: never accepted.
+    NOT_ALLOWED = "not_allowed"
+    #: No status or summary of the agent seen yet: wait for one (it may be on its way).
+    UNKNOWN_AGENT = "unknown_agent"
 
 
 @dataclass(slots=True)
@@ -59,12 +85,98 @@ def _plain(value: Any) -> bool:
 class Registry:
     """Agents and sensors seen by this gateway; `snapshot()` is what the retained topic carries."""
 
-    def __init__(self, gateway: str, *, stale_after_ms: int = 120_000) -> None:
+    def __init__(
+        self,
+        gateway: str,
+        *,
+        stale_after_ms: int = 120_000,
+        allowed_agents: Iterable[str] = (),
+        unknown_agents: UnknownAgents = "accept",
+        unknown_hold_s: float = 10.0,
+    ) -> None:
         self.gateway = gateway
         self.stale_after_ms = stale_after_ms
+        #: Empty: any agent with a status or summary is known; else only these, known at once.
+        self.allowed_agents = frozenset(allowed_agents)
+        #: What becomes of an alert whose agent stays unknown for `unknown_hold_s` (see docs).
+        self.unknown_agents: UnknownAgents = unknown_agents
+        self.unknown_hold_s = unknown_hold_s
         self.agents: dict[str, AgentRecord] = {}
         self._chunks: dict[tuple[str, str, int], _Chunk] = {}
         self._alert_sensors: dict[str, SensorRecord] = {}
+        #: sensor -> (owning agent, window end of the summary that said so), from summaries only.
+        self._owners: dict[str, tuple[str, int]] = {}
+        #: Agents heard on their own status or summary topic (trusted; alerts never add to it).
+        self._heard: set[str] = set()
+        #: Agents that lost a sensor to another: their summaries are re-read until they stop.
+        self._lost: set[str] = set()
+        self._moves = LogThrottle(10.0)
+
+    # ------------------------------------------------------------------ who may send what
+
+    def owner(self, sensor: str) -> str | None:
+        """The agent whose latest summary listed `sensor`, if any summary did."""
+        owned = self._owners.get(sensor)
+        return owned[0] if owned is not None else None
+
+    @property
+    def holds_unknown(self) -> bool:
+        """Whether alerts of unknown agents wait for them (only worth it if they may be refused)."""
+        return self.unknown_agents == "refuse" and self.unknown_hold_s > 0
+
+    def known(self, agent: str) -> bool:
+        """Whether alerts may name `agent`: allow-listed, or heard on its status or summary."""
+        if self.allowed_agents:
+            return agent in self.allowed_agents
+        return agent in self._heard
+
+    def check_alert(self, alert: Alert) -> AlertVerdict:
+        """Hold the alert's claimed agent against the allow-list and the sensor's owner."""
+        if self.allowed_agents and alert.agent not in self.allowed_agents:
+            return AlertVerdict.NOT_ALLOWED
+        owned = self._owners.get(alert.sensor)
+        if owned is not None:
+            return AlertVerdict.ACCEPT if owned[0] == alert.agent else AlertVerdict.WRONG_OWNER
+        return AlertVerdict.ACCEPT if self.known(alert.agent) else AlertVerdict.UNKNOWN_AGENT
+
+    def _claim(self, summary: Summary) -> None:
+        """Make `summary.agent` the owner of its sensors, unless a later window said otherwise."""
+        agent, t1, owners = summary.agent, summary.t1, self._owners
+        contested = False
+        for sensor in summary.sensor:
+            owned = owners.get(sensor)
+            if owned is None or owned[0] == agent:
+                owners[sensor] = (agent, max(t1, owned[1]) if owned else t1)
+                continue
+            contested = True
+            if t1 >= owned[1]:  # re-commissioned under another agent: the latest window wins
+                owners[sensor] = (agent, t1)
+                self._lost.add(owned[0])
+                held = self._moves.allow("moved")
+                if held is not None:
+                    log.warning(
+                        "sensor %s moved from agent %s to agent %s (summary of window ending %d); "
+                        "alerts naming %s for it are refused from now on%s",
+                        sensor,
+                        owned[0],
+                        agent,
+                        t1,
+                        owned[0],
+                        held_note(held),
+                    )
+        if not contested:
+            self._lost.discard(agent)
+
+    @classmethod
+    def for_gateway(cls, section: GatewaySection) -> Registry:
+        """The registry with the policy of a `[gateway]` section (as the gateway runs it)."""
+        return cls(
+            section.id,
+            stale_after_ms=int(section.agent_stale_s * 1000),
+            allowed_agents=section.agents,
+            unknown_agents=section.unknown_agents,
+            unknown_hold_s=section.unknown_agent_hold_s,
+        )
 
     def _agent(self, agent: str) -> AgentRecord:
         record = self.agents.get(agent)
@@ -75,6 +187,7 @@ class Registry:
     def on_status(self, status: Status, received_ms: int) -> bool:
         """Record a Status; True when the agent's state changed (worth publishing at once)."""
         record = self._agent(status.agent)
+        self._heard.add(status.agent)
         if status.ts < record.status_ts:
             return False  # an older status re-delivered after a newer one
         changed = record.state != status.state
@@ -89,6 +202,10 @@ class Registry:
     def forget(self, agent: str) -> None:
         """Remove an agent whose retained status was cleared, with its sensors."""
         self.agents.pop(agent, None)
+        self._heard.discard(agent)
+        self._lost.discard(agent)
+        for sensor in [s for s, (owner, _) in self._owners.items() if owner == agent]:
+            del self._owners[sensor]
         for key in [k for k in self._chunks if k[0] == agent]:
             del self._chunks[key]
         for sensor in [s for s, r in self._alert_sensors.items() if r.agent == agent]:
@@ -97,18 +214,22 @@ class Registry:
     def on_summary(self, summary: Summary, received_ms: int) -> None:
         """Record a summary (O(1)): the agent is alive and its sensors reported a window."""
         record = self._agent(summary.agent)
+        self._heard.add(summary.agent)
         record.last_seen_ms = max(record.last_seen_ms, received_ms)
         record.district, record.township = summary.district, summary.township
         if len(summary):
             key = (summary.agent, summary.sensor[0], len(summary))
             last = self._chunks.get(key)
+            if last is None or summary.agent in self._lost or last.summary.sensor != summary.sensor:
+                self._claim(summary)  # else the same sensors again: nothing to change
             if last is None or last.summary.t1 <= summary.t1:
                 self._chunks[key] = _Chunk(summary, received_ms)
 
     def on_alert(self, alert: Alert, received_ms: int) -> None:
         """Record an alert: its agent and sensor are alive; keep the sensor's latest level."""
-        record = self._agent(alert.agent)
-        record.last_seen_ms = max(record.last_seen_ms, received_ms)
+        record = self.agents.get(alert.agent) or self._agent(alert.agent)
+        if received_ms > record.last_seen_ms:
+            record.last_seen_ms = received_ms
         record.district, record.township = alert.district, alert.township
         sensor = self._alert_sensors.get(alert.sensor)
         if sensor is None:

@@ -166,7 +166,7 @@ class MosquittoServer(_LocalServer):
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"
-            "max_inflight_messages 1000\n"
+            "max_inflight_messages 20000\n"  # the gateway's default max_inflight (deploy/mosquitto)
             "message_size_limit 16777216\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"listener {self.port} 127.0.0.1\n"

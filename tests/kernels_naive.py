@@ -222,20 +222,29 @@ class Anomaly:
         self.graded = Graded(p.z, p.hysteresis, p.debounce)
         self.clock = Clock()
         self.fast = self.raw_var = self.mean = self.var = NAN
+        self.held = 0.0
+        self.run: list[int] = []  # time steps (ms) of the latest same-side clipped innovations
+        self.side = 0
 
     def clip(self, d: float, var: float) -> float:
         bound = self.p.clip * math.sqrt(var)
         return max(-bound, min(bound, d))
 
+    def follow(self, d: float, var: float) -> float:
+        """Full pull up to the first z limit, then limit^2 / |d| (falling as d grows)."""
+        bound = self.p.z[0] * math.sqrt(var)
+        return d if abs(d) <= bound else math.copysign(bound * bound / abs(d), d)
+
     def feed(self, i: int, x: float, t: int) -> Out:
         if not math.isfinite(x):
             return None
         p = self.p
-        first = self.clock.newest is None
+        before = self.clock.newest
         dt = self.clock.tick(t)
-        if first:
+        if before is None:
             self.fast, self.raw_var, self.mean, self.var = x, 0.0, x, 0.0
             return None
+        step_ms = max(t - before, 0)
         a_fast = 1.0 - math.exp(-dt / p.smooth_s) if p.smooth_s > 0 else 1.0
         a = 1.0 - math.exp(-dt / p.window_s)
         age = self.clock.seconds
@@ -246,17 +255,37 @@ class Anomaly:
         min_var = p.min_std**2
         e = x - self.fast
         if warm:
-            e = self.clip(e, max(self.raw_var, min_var))
+            ec = self.clip(e, max(self.raw_var, min_var))
+            side = 0 if ec == e else (1 if e > 0 else -1)
+            if side == 0 or side != self.side:
+                self.run = []
+            if side != 0:
+                self.run.append(step_ms)
+            self.side = side
+            self.raw_var = (1 - a_var) * (self.raw_var + a_var * ec * ec)
+            if sum(self.run) < 1000.0 * p.smooth_s:  # an outlier: clipped; longer: a step
+                e = ec
+        else:
+            self.raw_var = (1 - a_var) * (self.raw_var + a_var * e * e)
         self.fast += a_fast * e
-        self.raw_var = (1 - a_var) * (self.raw_var + a_var * e * e)
         base = self.mean
         d = self.fast - base
         v = max(self.var, min_var)
-        dc = self.clip(d, v) if warm else d
-        self.mean += a * dc
-        self.var = (1 - a_var) * (self.var + a_var * dc * dc)
         if not warm:
+            self.mean += a * d
+            self.var = (1 - a_var) * (self.var + a_var * d * d)
             return None
+        if self.graded.level == 0:  # learn the normal
+            self.held = 0.0
+            self.mean += a * self.follow(d, v)
+            if abs(d) <= p.z[0] * math.sqrt(v):
+                dc = self.clip(d, v)
+                self.var = (1 - a_var) * (self.var + a_var * dc * dc)
+        else:  # raised: hold the normal, for at most hold_s
+            self.held += dt
+            if self.held >= p.hold_s:
+                self.mean = base = self.fast
+                d, self.held = 0.0, 0.0
         z = d / math.sqrt(v)
         old = self.graded.level
         new = self.graded.feed(abs(z))

@@ -237,6 +237,11 @@ def make_summaries(
 
 
 def publish_alerts(pub: Publisher, prefix: str, alerts: list[Alert]) -> None:
+    """The alerts, after a retained online Status of each agent sending them (as a real agent has):
+    the gateway refuses alerts from agents it never heard of."""
+    for agent in sorted({a.agent for a in alerts}):
+        status = Status(agent, "online", int(time.time() * 1000), {"version": "test"})
+        pub.publish(status_topic(prefix, agent), status.encode(), retain=True)
     for a in alerts:
         pub.publish(alert_topic(prefix, a.district, a.site, a.sensor), a.encode())
 

@@ -236,6 +236,28 @@ def test_water_hammer_is_a_decaying_oscillation_lasting_seconds() -> None:
     assert np.ptp(calm) < 0.2 * np.ptp(first)
 
 
+def test_a_hammer_is_an_event_expected_on_the_limits_its_surge_passes() -> None:
+    rate = 5.0
+    quiet = model("pipe.pressure", rate, [Hammer(3 * 3600, amplitude_mpa=0.02)])
+    surge = model("pipe.pressure", rate, [Hammer(3 * 3600, amplitude_mpa=0.3)])
+    assert quiet.suggested_rules()["debounce"] == 2  # 0.4 s: a pump station watches surges
+    assert model("pipe.pressure", 1.0).suggested_rules()["debounce"] == 3
+    assert quiet.events[0].expected_rules == ()  # a swing inside the limits alarms nothing
+    (label,) = surge.events
+    assert (label.cls, label.is_fault, label.abrupt) == ("hammer", False, True)
+    assert "high" in label.expected_rules and "spike" not in label.expected_rules
+    v = surge.render(0, int(3 * 3600 * rate + 20 * rate))
+    high = surge.suggested_rules()["high"][0]  # type: ignore[index]
+    above = v[int(3 * 3600 * rate):] > high
+    assert np.any(above[:-1] & above[1:])  # held for the debounce of 2 samples
+
+
+def test_only_a_gas_leak_building_within_half_a_minute_is_abrupt() -> None:
+    rupture = model("pipe.gas", 1.0, [GasLeak(600, ramp_s=20.0)])
+    seep = model("pipe.gas", 1.0, [GasLeak(600, ramp_s=300.0)])
+    assert rupture.events[0].abrupt and not seep.events[0].abrupt
+
+
 def test_gas_leak_ramps_from_near_zero_into_alarm() -> None:
     leak = GasLeak(1800, peak_lel=40.0, ramp_s=300.0, duration_s=1200.0)
     m = model("pipe.gas", 1.0, [leak])

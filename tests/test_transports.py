@@ -175,6 +175,29 @@ def test_publisher_reports_a_broker_that_is_not_there() -> None:
         MqttPublisher(settings, client_id="test-nobody").connect(timeout_s=2.0)
 
 
+@pytest.mark.integration
+def test_publisher_keeps_publishing_through_a_broker_restart(tmp_path: Path) -> None:
+    """A replay outlives a broker restart: messages published while it is away do not crash the
+    backpressure, and publishing goes on once it is back."""
+    with MosquittoServer(workdir=tmp_path) as server:
+        publisher = MqttPublisher(MqttSettings(url=server.url), client_id="test-restart-pub", qos=1,
+                                  max_pending=64).connect()
+        try:
+            server.stop()
+            deadline = time.monotonic() + WAIT_S
+            while publisher.client.is_connected():  # paho has no disconnect event to wait on here
+                assert time.monotonic() < deadline, "the publisher never noticed the broker was gone"
+                time.sleep(0.05)
+            for i in range(5 * 64):
+                publisher.publish(f"t/away/{i}", b"x")
+            server.start()
+            for i in range(5 * 64):
+                publisher.publish(f"t/back/{i}", b"x")
+            assert publisher.counters.messages == 10 * 64
+        finally:
+            publisher.close()
+
+
 # ---------------------------------------------------------------- serial
 
 

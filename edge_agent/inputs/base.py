@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,7 +22,7 @@ from edge_agent.backoff import LogThrottle, held_note
 F64Array = npt.NDArray[np.float64]
 I64Array = npt.NDArray[np.int64]
 
-#: A raw MQTT message as the network thread saw it: topic, payload, receive time (Unix ms).
+#: A raw MQTT message as the network thread saw it: topic, payload, receive time (agent time, ms).
 RawMessage = tuple[str, bytes | bytearray, int]
 
 _EMPTY_F64: Final = np.empty(0, dtype=np.float64)
@@ -30,7 +31,7 @@ _EMPTY_I64: Final = np.empty(0, dtype=np.int64)
 
 @dataclass(frozen=True, slots=True, eq=False)
 class SampleBlock:
-    """Decoded samples of one sensor (by index) with their Unix-ms times; empty = a sign of life."""
+    """Decoded samples of one sensor (by index) with their agent-time ms; empty = a sign of life."""
 
     sensor: int
     values: F64Array
@@ -43,9 +44,46 @@ class SampleBlock:
         return cls(sensor, _EMPTY_F64, _EMPTY_I64, received_ms)
 
 
+class AgentClock:
+    """The agent's own time: Unix ms that never jumps, and how far the wall clock has stepped from it.
+
+    `now_ms` is the monotonic clock anchored to the wall clock when the agent started, so gap
+    timers, learnt intervals, summary windows and the rules' sample times stay continuous when
+    someone (NTP, an operator) steps the wall clock; both clocks run at the same NTP-disciplined
+    rate, so they differ only by steps. `wall_offset_ms` is wall minus agent time (0 until the
+    first step); the pipeline adds it to the times it publishes, so those follow the wall clock.
+    """
+
+    def __init__(self, *, wall_ns: Callable[[], int] = time.time_ns,
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self._wall_ns = wall_ns
+        self._monotonic_ns = monotonic_ns
+        self._anchor_ns = wall_ns() - monotonic_ns()
+
+    def now_ms(self) -> int:
+        """Agent time in Unix milliseconds (continuous; equal to the wall clock until it steps)."""
+        return (self._monotonic_ns() + self._anchor_ns) // 1_000_000
+
+    def wall_offset_ms(self) -> int | None:
+        """Wall clock minus agent time, in ms; None if this reading was disturbed (the thread was
+        paused between the clock reads), so a pause never looks like a step."""
+        before = self._monotonic_ns()
+        wall = self._wall_ns()
+        after = self._monotonic_ns()
+        if after - before > _STEADY_READ_NS:
+            return None
+        return round((wall - self._anchor_ns - (before + after) // 2) / 1_000_000)
+
+
+#: The agent's clock; every input stamps with it.
+CLOCK: Final = AgentClock()
+#: Longest time (ns) between the reads of one `wall_offset_ms`.
+_STEADY_READ_NS: Final = 2_000_000
+
+
 def now_ms() -> int:
-    """Wall-clock Unix time in integer milliseconds."""
-    return time.time_ns() // 1_000_000
+    """Agent time in Unix milliseconds (`AgentClock.now_ms` of the agent's `CLOCK`)."""
+    return CLOCK.now_ms()
 
 
 class Ingress:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MqttSettings
-from edge_agent.inputs.base import Ingress
+from edge_agent.inputs.base import CLOCK, Ingress
 from edge_agent.uplink import tls_context
 
 log = logging.getLogger(__name__)
@@ -85,14 +84,14 @@ class RawMqttInput:
     def _message_handler(self) -> Any:
         """The on_message callback, with everything it touches bound locally (it runs per message)."""
         put = self._ingress.put_raw
-        clock = time.time_ns
+        clock = CLOCK.now_ms
 
         def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
             try:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = ""  # counted as an unknown topic by the pipeline
-            put(topic, msg.payload, clock() // 1_000_000)
+            put(topic, msg.payload, clock())
 
         return on_message
 

@@ -1,14 +1,18 @@
 """Serial input: one reader thread per port turning section-3 frames into sample blocks.
 
 Nodes have no clock, so the last sample of a frame is stamped with its receive time and earlier
-ones back by the frame's sample period. A port that vanishes (USB unplugged) is logged once and
-reopened with capped, jittered backoff until it returns.
+ones back by the frame's sample period. A port that vanishes (USB unplugged) is logged once
+(one warning for the loss, none for the failed reopen attempts), reopened with jittered backoff
+capped at `REOPEN_CAP_S` until it returns, and its return is logged with the outage's length;
+`losses` and `reopens` count them in the status. Whether its sensors went silent long enough
+for a `gap` fault is the pipeline's call (heartbeats and samples alike keep a sensor alive).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +29,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds a read waits for the first byte; bounds how long stop() waits for the thread.
 READ_TIMEOUT_S = 0.1
+#: First and longest pause (s) between attempts to reopen a vanished port: a replugged USB
+#: adapter is back within seconds, and an open attempt costs nothing.
+REOPEN_INITIAL_S = 0.5
+REOPEN_CAP_S = 5.0
 SEQ_MODULUS = 1 << 16
 
 
@@ -35,6 +43,7 @@ class SerialPortCounters:
     bytes: int = 0
     lost_frames: int = 0
     unknown_channel: int = 0
+    losses: int = 0
     reopens: int = 0
 
 
@@ -101,7 +110,7 @@ class SerialPortReader:
                 "frames": frames.frames, "heartbeats": frames.heartbeats,
                 "bad_frames": frames.bad_frames, "garbage_bytes": frames.garbage_bytes,
                 "lost_frames": c.lost_frames, "unknown_channel": c.unknown_channel,
-                "reopens": c.reopens}
+                "losses": c.losses, "reopens": c.reopens}
 
     def _frame_counters(self) -> FrameCounters:
         total = FrameCounters(**self._closed_frames.as_dict())
@@ -109,10 +118,13 @@ class SerialPortReader:
             setattr(total, name, getattr(total, name) + value)
         return total
 
+    def _new_delays(self) -> Iterator[float]:
+        return self._delays or backoff_delays(initial_s=REOPEN_INITIAL_S, cap_s=REOPEN_CAP_S)
+
     def _run(self) -> None:
-        delays = self._delays or backoff_delays(initial_s=0.5, cap_s=30.0)
-        opened_before = False
-        failing = False
+        delays = self._new_delays()
+        failing = False  # the loss or the first failed open has been logged
+        lost_at: float | None = None  # monotonic time the open port was lost
         while not self._stop.is_set():
             try:
                 port = self._open()
@@ -122,15 +134,20 @@ class SerialPortReader:
                     failing = True
                 self._stop.wait(next(delays))
                 continue
-            if opened_before:
-                self.counters.reopens += 1
-            opened_before, failing = True, False
-            delays = self._delays or backoff_delays(initial_s=0.5, cap_s=30.0)
+            failing = False
+            delays = self._new_delays()
             self._set_open(True)
-            log.info("serial %s: open at %d baud, %d channel(s)", self.plan.port, self.plan.baud,
-                     len(self._channels))
+            if lost_at is not None:
+                self.counters.reopens += 1
+                log.info("serial %s: back after %.1f s, reopened", self.plan.port,
+                         time.monotonic() - lost_at)
+            else:
+                log.info("serial %s: open at %d baud, %d channel(s)", self.plan.port, self.plan.baud,
+                         len(self._channels))
             try:
-                self._read_until_lost(port)
+                if self._read_until_lost(port):
+                    self.counters.losses += 1
+                    lost_at, failing = time.monotonic(), True
             finally:
                 self._set_open(False)
                 self._retire_decoder()
@@ -139,8 +156,8 @@ class SerialPortReader:
                 except (serial.SerialException, OSError):
                     pass
 
-    def _read_until_lost(self, port: Any) -> None:
-        """Read and decode until stopped or the port fails; a failure is logged once."""
+    def _read_until_lost(self, port: Any) -> bool:
+        """Read and decode until stopped (False) or the port fails (True, logged)."""
         while not self._stop.is_set():
             try:
                 chunk = port.read(1)
@@ -149,11 +166,13 @@ class SerialPortReader:
                     if waiting:
                         chunk += port.read(waiting)
             except (serial.SerialException, OSError) as exc:
-                log.warning("serial %s: lost (%s); reopening with backoff", self.plan.port, exc)
-                return
+                log.warning("serial %s: lost (%s); reopening with backoff up to %.0f s",
+                            self.plan.port, exc, REOPEN_CAP_S)
+                return True
             if chunk:
                 self.counters.bytes += len(chunk)
                 self._handle(self._decoder.feed(chunk), now_ms())
+        return False
 
     def _retire_decoder(self) -> None:
         """Keep the counts of a closed connection; a partial frame from it is garbage now."""

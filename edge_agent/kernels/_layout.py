@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-LAYOUT_VERSION: Final = 1
+LAYOUT_VERSION: Final = 2
 
 #: A time that means "no sample yet" (int64 minimum).
 NO_TIME: Final = -(2**63)
@@ -65,7 +65,8 @@ FP_RANGE_LO: Final = 40
 FP_RANGE_HI: Final = 41
 FP_DRIFT_JUMP: Final = 42
 FP_ANOM_VAR_TAU: Final = 43
-N_FP: Final = 44
+FP_ANOM_HOLD: Final = 44
+N_FP: Final = 45
 
 # --- int state ------------------------------------------------------------------------------
 IS_HIGH_CNT: Final = 0  # 4 debounce counters
@@ -87,7 +88,8 @@ IS_DRIFT_T: Final = 30
 IS_FLAT_RUN: Final = 31
 IS_RANGE_BAD: Final = 32
 IS_RANGE_GOOD: Final = 33
-N_IS: Final = 34
+IS_ANOM_RUN: Final = 34  # signed run of clipped innovations of the anomaly smoother
+N_IS: Final = 35
 
 # --- float state ----------------------------------------------------------------------------
 FS_RATE_S0: Final = 0  # weighted sums of 1, u, u^2, x, u*x (u: time to last sample, s)
@@ -113,7 +115,8 @@ FS_DRIFT_POS: Final = 19
 FS_DRIFT_NEG: Final = 20
 FS_FLAT_REF: Final = 21
 FS_DRIFT_MID: Final = 22
-N_FS: Final = 23
+FS_ANOM_HELD: Final = 23  # seconds the current alarm has held the baseline
+N_FS: Final = 24
 
 # --- event buffer columns -------------------------------------------------------------------
 EV_SENSOR: Final = 0

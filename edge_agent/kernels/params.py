@@ -77,7 +77,7 @@ def _row(r: SensorRules) -> tuple[list[float], list[int]]:
     f[L.FP_ANOM_HYST], f[L.FP_ANOM_SMOOTH] = an.hysteresis, an.smooth_s
     f[L.FP_ANOM_TAU] = an.window_s
     f[L.FP_ANOM_WARMUP], f[L.FP_ANOM_MIN_STD], f[L.FP_ANOM_CLIP] = an.warmup_s, an.min_std, an.clip
-    f[L.FP_ANOM_VAR_TAU] = an.var_window_s
+    f[L.FP_ANOM_VAR_TAU], f[L.FP_ANOM_HOLD] = an.var_window_s, an.hold_s
     dr = r.drift
     f[L.FP_DRIFT_SMOOTH], f[L.FP_DRIFT_BASE], f[L.FP_DRIFT_WARMUP] = (
         dr.smooth_s, dr.baseline_s, dr.warmup_s,

@@ -96,18 +96,21 @@ class SpikeRule:
 @dataclass(frozen=True)
 class AnomalyRule:
     """Graded limits on |z|, the deviation of the smoothed signal from its own recent normal
-    (EWMA mean over `window_s`, variance over the longer `var_window_s`), after `warmup_s`."""
+    (EWMA mean over `window_s`, variance over the longer `var_window_s`), after `warmup_s`.
+    While raised, the alarm holds that normal for at most `hold_s`; then the new level is
+    taken as normal."""
 
     enabled: bool = False
     z: Limits = (8.0, 12.0, 18.0, 27.0)
     hysteresis: float = 2.0
     debounce: int = 3
     smooth_s: float = 5.0
-    window_s: float = 900.0
+    window_s: float = 120.0
     var_window_s: float = 4 * 3600.0
     warmup_s: float = 3600.0
     min_std: float = 1e-9
-    clip: float = 2.0
+    clip: float = 3.0
+    hold_s: float = 2 * 3600.0
 
     def __post_init__(self) -> None:
         _check_limits("anomaly.z", self.z, ascending=True, positive=True)
@@ -120,6 +123,7 @@ class AnomalyRule:
         _check(self.warmup_s >= 0, f"anomaly.warmup_s must be >= 0, got {self.warmup_s}")
         _check(self.min_std > 0, f"anomaly.min_std must be > 0, got {self.min_std}")
         _check(self.clip > 0, f"anomaly.clip must be > 0, got {self.clip}")
+        _check(self.hold_s > 0, f"anomaly.hold_s must be > 0, got {self.hold_s}")
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,8 @@ def _profile(
     rate: RateRule = RateRule(),
     rest: float = math.nan,
     spike_max_len: int = 2,
+    spike_k: float = SpikeRule.k,
+    anomaly_z: Limits = AnomalyRule.z,
 ) -> SensorRules:
     """Build a kind's profile; `resolution` (the smallest meaningful change, in the kind's unit)
     floors the spike scale, the anomaly and drift sigmas so constant input stays quiet."""
@@ -253,8 +259,9 @@ def _profile(
         hysteresis=hysteresis,
         debounce=debounce,
         rate=dataclasses.replace(rate, enabled="rate" in rules),
-        spike=SpikeRule(enabled="spike" in rules, min_dev=resolution, max_len=spike_max_len),
-        anomaly=AnomalyRule(enabled="anomaly" in rules, min_std=resolution),
+        spike=SpikeRule(enabled="spike" in rules, min_dev=resolution, max_len=spike_max_len,
+                        k=spike_k),
+        anomaly=AnomalyRule(enabled="anomaly" in rules, min_std=resolution, z=anomaly_z),
         drift=DriftRule(enabled="drift" in rules, min_std=2 * resolution),
         flatline=FlatlineRule(enabled="flatline" in rules, rest=rest),
         range=RangeRule(enabled=True, lo=info.lo, hi=info.hi),
@@ -262,6 +269,8 @@ def _profile(
 
 
 _FAULTS = frozenset({"spike", "flatline", "range"})
+_VEHICLE_Z: Final = (10.0, 15.0, 22.0, 33.0)
+_VEHICLE_SPIKE_K: Final = 15.0
 _SLOW = frozenset({"anomaly", "drift"})
 
 PROFILES: Final[dict[str, SensorRules]] = {
@@ -276,7 +285,7 @@ PROFILES: Final[dict[str, SensorRules]] = {
     "pipe.gas": _profile(
         "pipe.gas", resolution=0.5, rules=_FAULTS | _SLOW | {"rate"},
         high=(10.0, 20.0, 35.0, 50.0), hysteresis=2.0, debounce=2,
-        rate=RateRule(rise=(5.0, 10.0, 20.0, 40.0), per_s=60.0, window_s=30.0,
+        rate=RateRule(rise=(5.0, 10.0, 20.0, 40.0), per_s=60.0, window_s=10.0,
                       hysteresis=1.0, debounce=3),
         rest=0.0,
     ),
@@ -294,13 +303,18 @@ PROFILES: Final[dict[str, SensorRules]] = {
     "bridge.accel": _profile(
         "bridge.accel", resolution=1e-4, rules=frozenset({"flatline", "range"})
     ),
-    "bridge.strain": _profile("bridge.strain", resolution=1.0, rules=_FAULTS | _SLOW),
-    "bridge.disp": _profile("bridge.disp", resolution=0.05, rules=_FAULTS | _SLOW),
+    # every passing vehicle shows in strain and deflection: against the quiet of the night a
+    # heavy one is many noise scales within a spike window and its deviations have heavy
+    # tails, so the spike band and the anomaly limits are wider
+    "bridge.strain": _profile("bridge.strain", resolution=1.0, rules=_FAULTS | _SLOW,
+                              spike_k=_VEHICLE_SPIKE_K, anomaly_z=_VEHICLE_Z),
+    "bridge.disp": _profile("bridge.disp", resolution=0.05, rules=_FAULTS | _SLOW,
+                            spike_k=_VEHICLE_SPIKE_K, anomaly_z=_VEHICLE_Z),
     "bridge.tilt": _profile("bridge.tilt", resolution=0.002, rules=_FAULTS | _SLOW),
     "tunnel.co": _profile(
         "tunnel.co", resolution=1.0, rules=_FAULTS | _SLOW | {"rate"},
         high=(100.0, 150.0, 200.0, 250.0), hysteresis=5.0,
-        rate=RateRule(rise=(20.0, 50.0, 100.0, 200.0), per_s=60.0, window_s=60.0,
+        rate=RateRule(rise=(20.0, 50.0, 100.0, 200.0), per_s=60.0, window_s=15.0,
                       hysteresis=5.0, debounce=3),
         rest=0.0,
     ),
@@ -311,7 +325,7 @@ PROFILES: Final[dict[str, SensorRules]] = {
     "tunnel.temp": _profile(
         "tunnel.temp", resolution=0.1, rules=_FAULTS | {"anomaly", "rate"},
         high=(40.0, 50.0, 60.0, 70.0), hysteresis=1.0,
-        rate=RateRule(rise=(2.0, 5.0, 10.0, 20.0), per_s=60.0, window_s=60.0,
+        rate=RateRule(rise=(2.0, 5.0, 10.0, 20.0), per_s=60.0, window_s=15.0,
                       hysteresis=0.5, debounce=3),
     ),
     "tunnel.water": _profile(

@@ -43,7 +43,11 @@ DEMAND: Final = daily_table(
 
 _BURST_TRANSIENT_PERIOD_S: Final = 2.0
 _BURST_TRANSIENT_DECAY_S: Final = 2.0
-_FLOW_JUMP_PER_MPA: Final = 6.0  # default burst flow jump, in peak flows per MPa of drop
+_FLOW_JUMP_PER_MPA: Final = 6.0
+_SURGE_RATE_HZ: Final = 5.0  # pressure sampled this fast watches for surges
+#: A gas leak is abrupt (a rupture) when its concentration builds within this; a build-up over
+#: minutes is a gradual event, whose delay is counted in seconds, not against the abrupt goal.
+ABRUPT_RAMP_S: Final = 30.0  # default burst flow jump, in peak flows per MPa of drop
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,18 @@ class Hammer:
         """The transient's pressure at the given times."""
         return self.amplitude_mpa * damped_sine(t_s, self.at_s, self.period_s, self.decay_s)
 
+    def held_swing_mpa(self, samples: int, rate_hz: float) -> tuple[float, float]:
+        """Largest rise and fall that `samples` consecutive samples all reach, whatever the
+        sampling phase: what a limit with that debounce can see of the surge."""
+        phases = np.linspace(0.0, 1.0 / rate_hz, 16, endpoint=False)
+        steps = np.arange(round(self.until_s * rate_hz - self.at_s * rate_hz) + 1) / rate_hz
+        t = self.at_s + phases[:, None] + steps[None, :]
+        p = self.pressure_mpa(t)
+        windows = np.lib.stride_tricks.sliding_window_view(p, samples, axis=1)
+        rise = windows.min(axis=2).max(axis=1).min()
+        fall = -windows.max(axis=2).min(axis=1).max()
+        return float(max(rise, 0.0)), float(max(fall, 0.0))
+
 
 @dataclass(frozen=True)
 class GasLeak:
@@ -208,8 +224,21 @@ class PipePressure(SignalBase):
                 )
             )
         for h in self.hammers:
+            # a surge is an event (not a sensor fault): it alarms when its swing, held for the
+            # debounce, goes past the pressure limits; a swing inside them is not alarmed
+            before = self.clean(h.at_s)
+            held = h.held_swing_mpa(rules.debounce, sensor.rate_hz)
             self.events.append(
-                self.label("hammer", h.at_s, h.end_s, abrupt=True, rules=("spike", "rate"))
+                self.label(
+                    "hammer",
+                    h.at_s,
+                    h.end_s,
+                    abrupt=True,
+                    rules=expected(
+                        ("high", rules.crosses_high(before + held[0])),
+                        ("low", rules.crosses_low(before - held[1])),
+                    ),
+                )
             )
 
     def clean(self, t_s: float) -> float:
@@ -218,14 +247,16 @@ class PipePressure(SignalBase):
         return float(self.static_mpa - self.headloss_mpa * at_time_of_day(DEMAND, tod)[0] ** 2)
 
     def rules(self) -> Rules:
-        """Low limits from 0.05 MPa under the daily minimum, high from 0.06 MPa over static."""
+        """Low limits from 0.05 MPa under the daily minimum, high from 0.06 MPa over static.
+        A transmitter sampled at 5 Hz or more watches for surges (water hammer, whose swings
+        last under a second): its limits hold for 2 samples (0.4 s), others for 3."""
         trough = self.static_mpa - self.headloss_mpa
         return Rules(
             self.sensor.kind,
             high=rounded([self.static_mpa + d for d in (0.06, 0.12, 0.18, 0.24)], 0.01),
             low=rounded([trough - d for d in (0.05, 0.10, 0.15, 0.20)], 0.01),
             hysteresis=0.01,
-            debounce=3,
+            debounce=2 if self.sensor.rate_hz >= _SURGE_RATE_HZ else 3,
             rate_per_min=0.04,
         )
 
@@ -335,7 +366,7 @@ class PipeGas(SignalBase):
                     "gas_leak",
                     g.at_s,
                     g.end_s,
-                    abrupt=True,
+                    abrupt=g.ramp_s <= ABRUPT_RAMP_S,
                     rules=expected(
                         ("high", rules.crosses_high(0.8 * g.peak_lel)),
                         ("rate", rules.exceeds_rate(g.peak_lel / g.tau_s * 60.0)),

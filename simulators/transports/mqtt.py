@@ -99,16 +99,16 @@ class MqttPublisher:
 
     def _wait_room(self) -> None:
         tracked = self._tracked
-        while tracked and tracked[0].is_published():
+        while tracked and _settled(tracked[0]):
             tracked.popleft()
         while len(tracked) * TRACK_EVERY > self.max_pending:
             oldest = tracked[0]
-            if not oldest.is_published():
+            if not _settled(oldest):
                 try:
                     oldest.wait_for_publish(timeout=1.0)
-                except RuntimeError:  # QoS 0 message dropped while disconnected
+                except (RuntimeError, ValueError):  # sent while disconnected: untrackable
                     pass
-                if not oldest.is_published() and not self._connected.is_set():
+                if not _settled(oldest) and not self._connected.is_set():
                     self._connected.wait(1.0)
                     continue
             tracked.popleft()
@@ -184,3 +184,12 @@ class RawBlockSink:
 
     def close(self) -> None:
         """Nothing of its own: the publisher is closed by whoever made it."""
+
+
+def _settled(info: mqtt.MQTTMessageInfo) -> bool:
+    """True once a message is out of our hands: acknowledged, or published while disconnected
+    (paho then cannot track it, and re-sends a QoS 1 message itself after reconnecting)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return True
