@@ -1,4 +1,4 @@
-"""A fast path in front of the contract's `decode_summary`, for the gateway's hot loop.
+"""Fast paths in front of the contract's `decode_summary` and `decode_alert`, for the gateway's hot loop.
 
 `edge_agent.contract.decode_summary` checks every value of every column in Python (type of
 each number, a regex per sensor and site id): about 10 µs per row, which alone would cap the
@@ -7,6 +7,11 @@ checks instead (`set(map(type, column))`, one set lookup per id against ids alre
 valid, NumPy conversion) and hands anything it cannot prove valid to the contract decoder, so
 every error message and every corner case stays the contract's own. The tests hold the two
 to the same result on generated good and bad payloads.
+
+`AlertDecoder` does the same for alerts (a few µs each through `decode_alert`, a quarter of
+the gateway worker's time at 10 k alerts/s): one unpack, the five ids checked against a set
+of ids already proven valid, the Alert built from the unpacked values, and anything it cannot
+prove valid handed to `decode_alert`, which gives the result or the error.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any, Final
 import msgpack
 import numpy as np
 
-from edge_agent.contract import Summary, decode_summary, is_valid_id
+from edge_agent.contract import Alert, Summary, decode_alert, decode_summary, is_valid_id
+from edge_agent.contract.kinds import MAX_LEVEL
 from edge_agent.contract.messages import MAX_PAYLOAD_BYTES, VERSION
 
 _SUMMARY_KEYS: Final = frozenset(
@@ -152,3 +158,110 @@ def _column(
 
 def _types_within(values: list[Any], types: frozenset[type]) -> bool:
     return set(map(type, values)) <= types
+
+
+_unpackb: Final = msgpack.unpackb
+_new_alert: Final = Alert.__new__
+#: Slot setters of Alert in field order: they build a validated Alert about 2.5x faster than
+#: the frozen dataclass's `__init__` (one `object.__setattr__` call per field).
+_ALERT_SETTERS: Final = tuple(
+    getattr(Alert, name).__set__
+    for name in (
+        "id", "agent", "sensor", "kind", "site", "township", "district", "rule",
+        "level", "prev", "value", "ts", "seq", "limit", "extra",
+    )
+)
+
+
+class AlertDecoder:
+    """Decodes alerts like `decode_alert`, quickly when they are well formed."""
+
+    def __init__(self, max_known_ids: int = 100_000) -> None:
+        self.max_known_ids = max_known_ids
+        #: Only `str` objects proven valid ids: membership of all five also proves their type.
+        self._valid_ids: set[str] = set()
+        self.fast = 0
+        self.slow = 0
+
+    def decode(self, payload: bytes | bytearray | memoryview) -> Alert:
+        """A validated Alert; raises the contract's DecodeError for anything invalid."""
+        alert = self._fast(payload)
+        if alert is None:
+            self.slow += 1
+            return decode_alert(payload)
+        self.fast += 1
+        return alert
+
+    def _learn_ids(self, ids: tuple[object, ...]) -> bool:
+        """True (and remembered) if every one of `ids` is a `str` and a valid id."""
+        if not all(type(i) is str and is_valid_id(i) for i in ids):  # type: ignore[arg-type]
+            return False
+        known = self._valid_ids
+        if len(known) + len(ids) > self.max_known_ids:
+            known.clear()
+        known.update(ids)  # type: ignore[arg-type]
+        return True
+
+    def _fast(self, payload: bytes | bytearray | memoryview) -> Alert | None:
+        """The Alert if every fast check passes, else None (the contract decoder decides)."""
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return None
+        try:
+            obj = _unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+            if type(obj) is not dict:
+                return None
+            get = obj.get
+            ids = (get("sensor"), get("agent"), get("site"), get("township"), get("district"))
+            # TypeError: an unhashable id (array or map); the contract decoder names it
+            if not self._valid_ids.issuperset(ids) and not self._learn_ids(ids):
+                return None
+        except Exception:  # noqa: BLE001 - msgpack raises many types; the contract decoder reports it
+            return None
+        ident, kind, rule = get("id"), get("kind"), get("rule")
+        level, prev, ts, seq = get("level"), get("prev"), get("ts"), get("seq")
+        value, limit, extra = get("value"), get("limit"), get("extra")
+        if not (
+            type(get("v")) is int
+            and get("v") == VERSION
+            and type(ident) is str
+            and ident
+            and type(kind) is str
+            and type(rule) is str
+            and rule
+            and type(level) is int
+            and 0 <= level <= MAX_LEVEL
+            and type(prev) is int
+            and 0 <= prev <= MAX_LEVEL
+            and type(ts) is int
+            and 0 <= ts <= _I64_MAX
+            and type(seq) is int
+            and 0 <= seq <= _I64_MAX
+            and (extra is None or type(extra) is dict)
+        ):
+            return None
+        if type(value) is not float:
+            if type(value) is not int:
+                return None
+            value = float(value)
+        if limit is not None and type(limit) is not float:
+            if type(limit) is not int:
+                return None
+            limit = float(limit)
+        alert = _new_alert(Alert)
+        s = _ALERT_SETTERS
+        s[0](alert, ident)
+        s[1](alert, ids[1])
+        s[2](alert, ids[0])
+        s[3](alert, kind)
+        s[4](alert, ids[2])
+        s[5](alert, ids[3])
+        s[6](alert, ids[4])
+        s[7](alert, rule)
+        s[8](alert, level)
+        s[9](alert, prev)
+        s[10](alert, value)
+        s[11](alert, ts)
+        s[12](alert, seq)
+        s[13](alert, limit)
+        s[14](alert, extra)
+        return alert
