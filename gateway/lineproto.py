@@ -384,3 +384,12 @@ def counters_table(gateway: str, counters: dict[str, int], ts_ms: int) -> LineTa
         floats=np.zeros((1, 0), dtype=np.float64),
         times=np.array([ts_ms], dtype=np.int64),
     )
+
+
+def load_kernels() -> None:
+    """Load the line-protocol kernels (from Numba's on-disk cache, or compile them) now, at
+    start-up, instead of inside the first batch: about 0.4 s on a loaded core."""
+    alert = Alert(id="warm", agent="warm", sensor="warm", kind="pipe.flow", site="warm", township="warm",
+                  district="warm", rule="high", level=1, prev=0, value=1.0, ts=1, seq=0, limit=1.0)
+    format_table(alert_table([alert], PrefixCache()))
+    format_table(status_table(Status(agent="warm", state="online", ts=1)))

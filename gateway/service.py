@@ -22,6 +22,7 @@ from typing import Final
 from gateway.config import GatewayConfig
 from gateway.counters import GatewayCounters
 from gateway.events import Event
+from gateway.lineproto import load_kernels
 from gateway.link import BrokerLink, registry_topic
 from gateway.pipeline import Pipeline, PipelineSettings
 from gateway.registry import Registry, offline_payload
@@ -175,6 +176,7 @@ class GatewayService:
 def run_gateway(config: GatewayConfig) -> int:
     """Run the gateway until SIGTERM or SIGINT, then shut down cleanly; returns the exit code."""
     service = GatewayService(config)
+    load_kernels()
     tune_gc()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
