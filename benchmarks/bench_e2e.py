@@ -284,30 +284,44 @@ class ProcessSampler:
         return tuple(out)
 
 
-class OpsListener:
-    """Arrival time of each alert the gateway routes to the township tier (every routed alert)."""
+class TopicListener:
+    """A paho subscriber on some topic filters (re-subscribing on every connect), run as a context
+    manager; subclasses say what a message means in `_on_message`."""
 
-    def __init__(self, settings: MqttSettings, *, client_id: str = "lifeline-bench-ops") -> None:
+    def __init__(self, settings: MqttSettings, client: mqtt.Client, filters: list[tuple[str, int]], *,
+                 what: str) -> None:
         self.settings = settings
-        self.arrivals: dict[str, tuple[int, int]] = {}  # alert id -> (sample ts, received ms)
+        self.client = client
+        self._what = what
         self._subscribed = threading.Event()
-        self._lock = threading.Lock()
-        self.client = make_client(settings, client_id)
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(f"{settings.prefix}/ops/township/+", qos=1)
-        self.client.on_subscribe = lambda c, u, mid, r, p: self._subscribed.set()
-        self.client.on_message = self._on_message
+        client.on_connect = lambda c, u, f, r, p: c.subscribe(filters)
+        client.on_subscribe = lambda c, u, mid, r, p: self._subscribed.set()
+        client.on_message = self._on_message
 
     def __enter__(self) -> Self:
         self.client.connect(self.settings.host, self.settings.port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             self.__exit__()
-            raise LifelineError(f"could not subscribe to the ops topics on {self.settings.url}")
+            raise LifelineError(f"could not subscribe to {self._what} on {self.settings.url}")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        raise NotImplementedError
+
+
+class OpsListener(TopicListener):
+    """Arrival time of each alert the gateway routes to the township tier (every routed alert)."""
+
+    def __init__(self, settings: MqttSettings, *, client_id: str = "lifeline-bench-ops") -> None:
+        self.arrivals: dict[str, tuple[int, int]] = {}  # alert id -> (sample ts, received ms)
+        self._lock = threading.Lock()
+        super().__init__(settings, make_client(settings, client_id), [(f"{settings.prefix}/ops/township/+", 1)],
+                         what="the ops topics")
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         received = time.time_ns() // 1_000_000

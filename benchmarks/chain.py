@@ -39,6 +39,7 @@ from benchmarks.bench_e2e import (
     PREFIX,
     STATUS_INTERVAL_S,
     E2ECase,
+    TopicListener,
     alive_check,
     bench_scenario,
     precompile,
@@ -176,36 +177,20 @@ def _close_pair(pair: tuple[socket.socket, socket.socket]) -> None:
 # --------------------------------------------------------------------------- what the agents published
 
 
-class ChainTap:
+class ChainTap(TopicListener):
     """Every alert and summary row the agents publish, through a persistent session (QoS 1), so
     nothing published while the tap is reconnecting (broker restart) is missed."""
 
     def __init__(self, settings: MqttSettings, *, client_id: str = "lifeline-fault-tap") -> None:
-        self.settings = settings
         self.alerts: dict[str, Alert] = {}
         self.rows: dict[RowKey, int] = {}
         self.bad_payloads = 0
         self._changed = threading.Condition()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                                  protocol=mqtt.MQTTv311)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(
-            [(f"{settings.prefix}/alert/+/+/+", 1), (f"{settings.prefix}/summary/+", 1)])
-        self.client.on_subscribe = lambda c, u, mid, r, p: self._subscribed.set()
-        self.client.on_message = self._on_message
-
-    def __enter__(self) -> Self:
-        self.client.connect(self.settings.host, self.settings.port)
-        self.client.loop_start()
-        if not self._subscribed.wait(10):
-            self.__exit__()
-            raise LifelineError(f"the tap could not subscribe on {self.settings.url}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                             protocol=mqtt.MQTTv311)
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
+        super().__init__(settings, client, [(f"{settings.prefix}/alert/+/+/+", 1),
+                                            (f"{settings.prefix}/summary/+", 1)], what="the tap's topics")
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:

@@ -40,6 +40,7 @@ from benchmarks.bench_e2e import (
     bench_scenario,
     precompile,
     replay_in_child,
+    TopicListener,
     start_chain,
     store_rows,
 )
@@ -161,30 +162,14 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
-class SeqWatch:
+class SeqWatch(TopicListener):
     """Every alert `seq` per agent seen at the broker, to find holes in the agents' counters."""
 
     def __init__(self, settings: MqttSettings) -> None:
-        self.settings = settings
         self.seqs: dict[str, set[int]] = {}
         self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = make_client(settings, "lifeline-soak-seq")
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{settings.prefix}/alert/+/+/+", qos=1)
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
-        self.client.on_message = self._on_message
-
-    def __enter__(self) -> SeqWatch:
-        self.client.connect(self.settings.host, self.settings.port)
-        self.client.loop_start()
-        if not self._subscribed.wait(10.0):
-            self.__exit__()
-            raise LifelineError(f"could not subscribe to alerts on {self.settings.url}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        super().__init__(settings, make_client(settings, "lifeline-soak-seq"),
+                         [(f"{settings.prefix}/alert/+/+/+", 1)], what="alerts")
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
