@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import shutil
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +33,8 @@ from gateway.counters import GatewayCounters
 from gateway.events import Disconnected
 from gateway.pipeline import Pipeline, PipelineSettings
 from gateway.registry import AlertVerdict, Registry
-from gateway.service import GatewayService
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
-from tests.test_gateway_integration import Collector, Publisher, eventually, recent_ms
+from tests.test_gateway_integration import Collector, Publisher, eventually, recent_ms, running_gateway
 from tests.test_gateway_pipeline import Clock, FakeBroker, FakeWriter, Rig
 
 P = "lifeline/v1"
@@ -354,24 +351,6 @@ def acl_broker() -> Iterator[MosquittoServer]:
         yield server
 
 
-@contextmanager
-def secured_gateway(config: GatewayConfig) -> Iterator[GatewayService]:
-    """A gateway in a thread with the registry its `[gateway]` section asks for."""
-    service = GatewayService(config)
-    registry = Registry.for_gateway(config.gateway)  # what `GatewayService` builds once wired
-    service.registry = service.pipeline.registry = registry
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(service.run()), name="gw-security")
-    thread.start()
-    try:
-        eventually(lambda: service.link.connected, 20, "the gateway to connect")
-        yield service
-    finally:
-        service.request_stop()
-        thread.join(30)
-        assert not thread.is_alive() and codes == [0]
-
-
 @pytest.mark.integration
 def test_through_the_acl_spoofed_alerts_are_refused_and_a_restart_backlog_is_kept(
     acl_broker: MosquittoServer, store: VictoriaMetricsServer, monkeypatch: pytest.MonkeyPatch
@@ -407,7 +386,7 @@ def test_through_the_acl_spoofed_alerts_are_refused_and_a_restart_backlog_is_kep
         return {alert_id for _, alert_id in ops.routes()}
 
     try:
-        with secured_gateway(config) as gateway:
+        with running_gateway(config) as gateway:
             # yz-a as it starts: retained status, then a summary naming its sensor.
             yz_a.publish(status_topic(P, "yz-a"), Status("yz-a", "online", start).encode(), retain=True)
             yz_a.publish(summary_topic(P, "yz-a"), summary("yz-a", ["GAS-A"], t1=start).encode())
@@ -425,7 +404,7 @@ def test_through_the_acl_spoofed_alerts_are_refused_and_a_restart_backlog_is_kep
         for a in backlog:
             yz_a.publish(alert_topic(P, a.district, a.site, a.sensor), a.encode())
         yz_a.wait_all()
-        with secured_gateway(config) as gateway:
+        with running_gateway(config) as gateway:
             assert ops.wait_for(lambda _: {a.id for a in backlog} <= routed())
             eventually(lambda: gateway.counters.acked >= len(backlog), what="the backlog acked")
             assert gateway.counters.alerts_refused == 0
