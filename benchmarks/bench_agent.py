@@ -32,32 +32,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.contract import RawBlock, decode_alert, decode_status
+from benchmarks.procstat import cpu_seconds, memory_mib
 from benchmarks.suite import write_section
 from simulators.servers import MosquittoServer
 
 P = "lifeline/v1"
 AGENT = "bench-agent"
 ROOT = Path(__file__).resolve().parents[1]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- processes
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (from /proc, 10 ms resolution)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    """Peak resident memory (VmHWM) and the anonymous / file-backed split of the resident set, MiB."""
-    text = Path(f"/proc/{pid}/status").read_text()
-    out = {}
-    for key in ("VmHWM", "RssAnon", "RssFile"):
-        match = re.search(rf"{key}:\s+(\d+) kB", text)
-        out[key] = int(match.group(1)) / 1024 if match else float("nan")
-    return out
 
 
 class LineWatcher:
@@ -294,7 +278,7 @@ def cpu_case(broker: MosquittoServer, case: str, sensors: int, samples_per_messa
                 raise TimeoutError(f"agent took in {watch.samples} samples of {messages * samples_per_message}")
             agent_wall = time.perf_counter() - started
             agent_cpu = cpu_seconds(agent.pid) - agent_cpu0
-            memory = memory_mb(agent.pid)
+            memory = memory_mib(agent.pid, ("VmHWM", "RssAnon", "RssFile"))
             pub.disconnect()
             pub.loop_stop()
         finally:

@@ -30,7 +30,6 @@ import contextlib
 import json
 import math
 import multiprocessing
-import os
 import shutil
 import signal
 import subprocess
@@ -47,6 +46,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from benchmarks.machine import describe_machine
+from benchmarks.procstat import cpu_seconds, memory_mib
 from benchmarks.suite import write_section
 from edge_agent.config import MqttSettings
 from edge_agent.contract import decode_alert
@@ -211,20 +211,6 @@ def with_events(scenario: Scenario, events_per_s: float, duration_s: float, *, f
 # --------------------------------------------------------------------------- measuring from outside
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory of a process (VmHWM) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
-
-
 class ProcessSampler:
     """CPU of some processes read every `interval_s` on a thread: average and busiest interval."""
 
@@ -252,7 +238,7 @@ class ProcessSampler:
     def _read(self, name: str, pid: int) -> None:
         try:
             now, cpu = time.monotonic(), cpu_seconds(pid)
-            self._rss[name] = peak_rss_mib(pid)
+            self._rss[name] = memory_mib(pid)["VmHWM"]
         except (OSError, IndexError, ValueError):
             return  # the process is gone: keep what was read while it ran
         last = self._last.get(name)

@@ -323,7 +323,7 @@ def serial_vanishes(workdir: Path, broker: MosquittoServer, *, outage_s: float =
     try:
         agent.wait_log(r"serial .*: open", WAIT_S)
         writer.start()
-        assert collector.wait_for(lambda c: (st := latest_status(c, "f-serial")).get("samples", 0) >= 10,
+        assert collector.wait_for(lambda c: latest_status(c, "f-serial").get("samples", 0) >= 10,
                                   WAIT_S)
         line = len(agent.lines)
         port.unplug()

@@ -45,6 +45,7 @@ from benchmarks.bench_e2e import (
     store_rows,
 )
 from benchmarks.machine import describe_machine
+from benchmarks.procstat import memory_mib
 from benchmarks.suite import write_section
 from edge_agent.config import MqttSettings
 from edge_agent.contract import DecodeError, decode_alert
@@ -134,9 +135,11 @@ class RssWatch:
         while not self._stop.wait(self.interval_s):
             at = time.monotonic() - self.started
             for name, pid in list(self.pids.items()):
-                rss = _rss_mib(pid)
-                if rss is not None:
-                    self.points.setdefault(name, []).append((at, rss))
+                try:
+                    rss = memory_mib(pid, ("VmRSS",))["VmRSS"]
+                except OSError:
+                    continue  # the process is gone: keep what was read while it ran
+                self.points.setdefault(name, []).append((at, rss))
 
     def trends(self, warmup_s: float, window_s: float) -> tuple[MemoryTrend, ...]:
         out = []
@@ -150,16 +153,6 @@ class RssWatch:
             out.append(MemoryTrend(name, float(first.mean()), float(last.mean()), float(mib.max()),
                                    tuple(points)))
         return tuple(out)
-
-
-def _rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 class SeqWatch(TopicListener):
