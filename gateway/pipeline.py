@@ -329,7 +329,7 @@ class Pipeline:
         self._waiting.append(_Waiting(alert, payload, delivery, epoch, deadline))
         self._waiting_agents[alert.agent] = self._waiting_agents.get(alert.agent, 0) + 1
         if len(self._waiting) > MAX_WAITING:
-            self._settle_waiting(lambda w: w is self._waiting[0], final=True)
+            self._decide_waiting(self._waiting.popleft(), final=True)
         held = self._throttle.allow("held-alert")
         if held is not None:
             log.info(
@@ -342,35 +342,29 @@ class Pipeline:
                 held_note(held),
             )
 
-    def _settle_waiting(self, due: Callable[[_Waiting], bool], *, final: bool) -> None:
-        """Decide the waiting alerts `due` picks: by the registry now, or finally (time is up)."""
-        keep: deque[_Waiting] = deque()
-        for waiting in list(self._waiting):
-            if not due(waiting):
-                keep.append(waiting)
-                continue
-            verdict = self.registry.check_alert(waiting.alert)
-            if verdict is AlertVerdict.UNKNOWN_AGENT and not final:
-                keep.append(waiting)
-                continue
-            count = self._waiting_agents[waiting.alert.agent] - 1
-            if count:
-                self._waiting_agents[waiting.alert.agent] = count
-            else:
-                del self._waiting_agents[waiting.alert.agent]
-            if verdict is AlertVerdict.ACCEPT:
-                self._accept_alert(waiting.alert, waiting.payload, waiting.delivery, waiting.epoch)
-            else:
-                self._decide_unknown(
-                    waiting.alert, waiting.payload, waiting.delivery, waiting.epoch, verdict
-                )
-            self.ledger.release(waiting.delivery)
-        self._waiting = keep
+    def _decide_waiting(self, waiting: _Waiting, *, final: bool) -> bool:
+        """Decide one waiting alert by the registry now, or finally (its time is up or the queue is
+        full); False, touching nothing, if it is not final and its agent is still unknown."""
+        verdict = self.registry.check_alert(waiting.alert)
+        if verdict is AlertVerdict.UNKNOWN_AGENT and not final:
+            return False
+        count = self._waiting_agents[waiting.alert.agent] - 1
+        if count:
+            self._waiting_agents[waiting.alert.agent] = count
+        else:
+            del self._waiting_agents[waiting.alert.agent]
+        if verdict is AlertVerdict.ACCEPT:
+            self._accept_alert(waiting.alert, waiting.payload, waiting.delivery, waiting.epoch)
+        else:
+            self._decide_unknown(waiting.alert, waiting.payload, waiting.delivery, waiting.epoch, verdict)
+        self.ledger.release(waiting.delivery)
+        return True
 
     def _agent_heard(self, agent: str) -> None:
         """A status or summary of `agent` came: decide the alerts that waited for it."""
         if agent in self._waiting_agents:
-            self._settle_waiting(lambda w: w.alert.agent == agent, final=False)
+            self._waiting = deque(w for w in list(self._waiting)
+                                  if w.alert.agent != agent or not self._decide_waiting(w, final=False))
 
     def _add_alert(self, alert: Alert) -> None:
         """One alert per (sensor, rule, ts), the store's point identity: the highest `seq` wins."""
@@ -502,8 +496,8 @@ class Pipeline:
             or (inbox_empty and self._writer.idle)
         ):
             self.seal()
-        if self._waiting and self._waiting[0].deadline <= now:
-            self._settle_waiting(lambda w: w.deadline <= now, final=True)
+        while self._waiting and self._waiting[0].deadline <= now:  # oldest first: deadlines ascend
+            self._decide_waiting(self._waiting.popleft(), final=True)
         if now >= self._next_registry:
             self._publish_registry(now)
         if now >= self._next_stats:
