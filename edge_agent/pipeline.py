@@ -544,9 +544,8 @@ class Pipeline:
                     abs(step) / 1000)
         summary = self.summary(self._window_t0 + old, max(now, self._window_t0 + 1) + old)
         self._offset_ms = offset
-        self._window_t0 = now
-        wall = now + offset
-        self._window_t1 = wall - wall % self.window_ms + self.window_ms - offset
+        self._align_window(now)
+        self._window_t0 = now  # the window in progress starts now and ends on the new wall clock's grid
         return summary
 
     @property
