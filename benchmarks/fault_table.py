@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from benchmarks.suite import RESULTS_PATH, write_section
+from benchmarks.suite import read_section, table_rows, write_section
 
 SECTION = "## Faults"
 HEADER = ("| fault | load while it happened | lost | duplicates in the store | recovery s | command | when (UTC) |\n"
@@ -38,23 +38,9 @@ class FaultOutcome:
                 f"`{self.command}` | {when} |")
 
 
-def _old_rows(text: str) -> dict[str, str]:
-    """Rows of the current table, keyed by fault name."""
-    if SECTION + "\n" not in text:
-        return {}
-    body = text.split(SECTION + "\n", 1)[1].split("\n## ", 1)[0]
-    rows: dict[str, str] = {}
-    for line in body.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and cells[0] not in ("fault", "---"):
-            rows[cells[0]] = line
-    return rows
-
-
 def write_fault_rows(outcomes: list[FaultOutcome]) -> None:
     """Put these outcomes in the table, replacing rows of the same fault and keeping the others."""
-    text = RESULTS_PATH.read_text(encoding="utf-8") if RESULTS_PATH.exists() else ""
-    rows = _old_rows(text)
+    rows = table_rows(read_section(SECTION))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     for outcome in outcomes:
         rows[outcome.fault] = outcome.row(when)

@@ -271,12 +271,10 @@ def result_row(outcome: FuzzOutcome) -> str:
 
 def previous_rows(section_text: str) -> dict[str, str]:
     """Table rows by target from an existing "## Fuzzing" section (kept for targets not re-run)."""
-    rows = {}
-    for line in section_text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and cells[0] in TARGETS and len(cells) == 6:
-            rows[cells[0]] = line.rstrip()
-    return rows
+    from benchmarks.suite import table_rows
+
+    return {target: row for target, row in table_rows(section_text).items()
+            if target in TARGETS and row.count("|") == 7}  # six cells: this table's current layout
 
 
 def results_section(outcomes: list[FuzzOutcome], old_section: str = "") -> str:
@@ -297,11 +295,9 @@ def results_section(outcomes: list[FuzzOutcome], old_section: str = "") -> str:
 
 def write_results(outcomes: list[FuzzOutcome]) -> None:
     """Rewrite the "## Fuzzing" section of RESULTS.md, keeping rows of targets not run now."""
-    from benchmarks.suite import RESULTS_PATH, write_section
+    from benchmarks.suite import read_section, write_section
 
-    text = RESULTS_PATH.read_text(encoding="utf-8") if RESULTS_PATH.exists() else ""
-    old = text.split(SECTION + "\n", 1)[1].split("\n## ", 1)[0] if SECTION + "\n" in text else ""
-    write_section(SECTION, results_section(outcomes, old))
+    write_section(SECTION, results_section(outcomes, read_section(SECTION)))
 
 
 def _atheris_version() -> str:

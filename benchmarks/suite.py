@@ -275,6 +275,24 @@ def split_results(text: str) -> tuple[str, list[tuple[str, str]]]:
     return header, sections
 
 
+def read_section(heading: str, *, path: Path = RESULTS_PATH) -> str:
+    """The whole text of the `## ` section `heading` of the results file ("" if there is none)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    return next((whole for h, whole in split_results(text)[1] if h == heading), "")
+
+
+def table_rows(section: str) -> dict[str, str]:
+    """The body rows of the markdown tables in `section`, keyed by their first cell (so a
+    benchmark that reruns some rows can keep the others)."""
+    lines = section.splitlines()
+    rows = {}
+    for i, line in enumerate(lines):
+        is_header = i + 1 < len(lines) and lines[i + 1].startswith("| ---")
+        if line.startswith("| ") and not line.startswith("| ---") and not is_header:
+            rows[line.strip().strip("|").split("|")[0].strip()] = line.rstrip()
+    return rows
+
+
 def replace_section(text: str, heading: str, body: str, *, after_header: bool = False) -> str:
     """`text` with the `## ` section `heading` replaced by `heading` + `body`; every other byte kept.
 
