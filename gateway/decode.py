@@ -16,6 +16,7 @@ prove valid handed to `decode_alert`, which gives the result or the error.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 import msgpack
@@ -49,12 +50,35 @@ _STR_TYPES: Final = frozenset({str})
 _INT_TYPES: Final = frozenset({int})
 
 
+class KnownIds:
+    """Ids already proven valid (bounded: forgotten all at once when full), so a hot decoder checks
+    the ids of a message it has seen before with one set lookup. Membership also proves an id is
+    a `str`: nothing msgpack decodes to compares equal to a `str` unless it is one."""
+
+    def __init__(self, max_ids: int) -> None:
+        self.max_ids = max_ids
+        self._ids: set[str] = set()
+
+    def all_valid(self, ids: Iterable[object]) -> bool:
+        """True (and remembered) if every one of `ids` is a `str` and a valid id; TypeError if
+        one is unhashable."""
+        known = self._ids
+        if known.issuperset(ids):
+            return True
+        fresh = [i for i in ids if i not in known]
+        if not all(type(i) is str and is_valid_id(i) for i in fresh):  # type: ignore[arg-type]
+            return False
+        if len(known) + len(fresh) > self.max_ids:
+            known.clear()
+        known.update(fresh)  # type: ignore[arg-type]
+        return True
+
+
 class SummaryDecoder:
     """Decodes summaries like `decode_summary`, quickly when they are well formed."""
 
     def __init__(self, max_known_ids: int = 1_000_000) -> None:
-        self.max_known_ids = max_known_ids
-        self._valid_ids: set[str] = set()
+        self._known = KnownIds(max_known_ids)
         self.fast = 0
         self.slow = 0
 
@@ -66,18 +90,6 @@ class SummaryDecoder:
             return decode_summary(payload)
         self.fast += 1
         return summary
-
-    def _ids_valid(self, ids: list[str]) -> bool:
-        known = self._valid_ids
-        if known.issuperset(ids):
-            return True
-        fresh = [s for s in ids if s not in known]
-        if not all(map(is_valid_id, fresh)):
-            return False
-        if len(known) + len(fresh) > self.max_known_ids:
-            known.clear()
-        known.update(fresh)
-        return True
 
     def _fast(self, payload: bytes | bytearray | memoryview) -> Summary | None:
         """The Summary if every fast check passes, else None (the contract decoder decides)."""
@@ -109,7 +121,7 @@ class SummaryDecoder:
             set(map(type, sensor)) == set(map(type, kind)) == set(map(type, site)) == _STR_TYPES
         ):
             return None
-        if not (self._ids_valid(sensor) and self._ids_valid(site)):
+        if not (self._known.all_valid(sensor) and self._known.all_valid(site)):
             return None
         n = _column(obj.get("n"), rows, _INT_TYPES, np.int64)
         if n is None or (rows and int(n.min()) < 0):
@@ -177,9 +189,7 @@ class AlertDecoder:
     """Decodes alerts like `decode_alert`, quickly when they are well formed."""
 
     def __init__(self, max_known_ids: int = 100_000) -> None:
-        self.max_known_ids = max_known_ids
-        #: Only `str` objects proven valid ids: membership of all five also proves their type.
-        self._valid_ids: set[str] = set()
+        self._known = KnownIds(max_known_ids)
         self.fast = 0
         self.slow = 0
 
@@ -192,16 +202,6 @@ class AlertDecoder:
         self.fast += 1
         return alert
 
-    def _learn_ids(self, ids: tuple[object, ...]) -> bool:
-        """True (and remembered) if every one of `ids` is a `str` and a valid id."""
-        if not all(type(i) is str and is_valid_id(i) for i in ids):  # type: ignore[arg-type]
-            return False
-        known = self._valid_ids
-        if len(known) + len(ids) > self.max_known_ids:
-            known.clear()
-        known.update(ids)  # type: ignore[arg-type]
-        return True
-
     def _fast(self, payload: bytes | bytearray | memoryview) -> Alert | None:
         """The Alert if every fast check passes, else None (the contract decoder decides)."""
         if len(payload) > MAX_PAYLOAD_BYTES:
@@ -213,7 +213,7 @@ class AlertDecoder:
             get = obj.get
             ids = (get("sensor"), get("agent"), get("site"), get("township"), get("district"))
             # TypeError: an unhashable id (array or map); the contract decoder names it
-            if not self._valid_ids.issuperset(ids) and not self._learn_ids(ids):
+            if not self._known.all_valid(ids):
                 return None
         except Exception:  # noqa: BLE001 - msgpack raises many types; the contract decoder reports it
             return None
