@@ -36,6 +36,7 @@ from gateway.config import GatewayConfig
 from gateway.service import GatewayService
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
 from tests.agent_harness import make_ca
+from tests.store_gate import StoreGate
 
 pytestmark = pytest.mark.integration
 
@@ -444,29 +445,37 @@ def test_a_broker_restart_mid_stream_and_a_late_broker_lose_nothing(
     alerts = make_alerts(tag, 3000, start_ms=start, seed=31)
     summaries = make_summaries(tag, 20, 10, start_ms=start, seed=32)
     server = MosquittoServer()  # not started yet: the gateway must wait for it
+    gate = StoreGate(store.url)
     config = gateway_config(
         server.url,
-        store.url,
+        gate.url,
         prefix=prefix,
         gateway_id="gw-restart",
         group="g-restart",
         max_inflight=200,
     )
     config = config.model_copy(
-        update={"mqtt": config.mqtt.model_copy(update={"reconnect_max_s": 1.0})}
+        update={
+            "mqtt": config.mqtt.model_copy(update={"reconnect_max_s": 1.0}),
+            "influx": config.influx.model_copy(update={"batch_size": 100}),  # 3 writes: <= 300 rows
+        }
     )
     try:
         with gateway_before_broker(config, server) as gateway:
             pub = Publisher(server.port, "t-restart-pub")
+            gate.hold_after(3)  # then a write waits: its messages are taken but unacknowledged
             publish_alerts(pub, prefix, alerts)
             publish_summaries(pub, prefix, summaries)
             pub.wait_all()
             pub.close()
-            eventually(lambda: gateway.counters.acked > 300, what="some progress")
+            assert gate.wait_held(1), "the gateway never wrote a 4th batch"
+            eventually(lambda: gateway.counters.acked > 0, what="some progress")
+            eventually(lambda: len(gateway.pipeline.ledger) > 0, what="deliveries in flight")
             server.restart()  # clean stop: the broker saves the sessions and what they hold
             eventually(
                 lambda: gateway.counters.broker_disconnects >= 1, what="the disconnect noticed"
             )
+            gate.release()  # acks for the held deliveries belong to the old connection: dropped
             total = len(alerts) + len(summaries)
             eventually(
                 lambda: stored_alerts(store, tag) == expected_alerts(alerts),
@@ -479,6 +488,7 @@ def test_a_broker_restart_mid_stream_and_a_late_broker_lose_nothing(
             assert gateway.counters.alerts + gateway.counters.summaries >= total
     finally:
         server.stop()
+        gate.close()
 
 
 @contextmanager

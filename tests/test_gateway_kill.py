@@ -1,5 +1,10 @@
 """`kill -9` of the gateway process mid-stream, then re-sends: every alert and summary row is stored
-exactly once and every alert reaches its tiers."""
+exactly once and every alert reaches its tiers.
+
+"Mid-stream" is made certain, not timed: the store gate lets a few writes through and then holds
+the next one, so at the kill some messages are stored and acknowledged, some are taken from the
+broker but unacknowledged (their write is held), and the rest still wait at the broker.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import msgpack
 import pytest
 
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
+from tests.store_gate import StoreGate
 from tests.test_gateway_integration import (
     Collector,
     Publisher,
@@ -62,14 +68,14 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def write_config(path: Path, broker: MosquittoServer, store: VictoriaMetricsServer) -> Path:
+def write_config(path: Path, broker: MosquittoServer, store_url: str) -> Path:
     path.write_text(f"""
 [mqtt]
 url = "{broker.url}"
 prefix = "{PREFIX}"
 
 [influx]
-url = "{store.url}"
+url = "{store_url}"
 batch_size = 200
 flush_interval_ms = 50
 retry_initial_s = 0.1
@@ -80,7 +86,7 @@ id = "{GATEWAY}"
 share_group = "g-kill"
 max_inflight = 400
 registry_interval_s = 0.5
-stats_interval_s = 0.1
+stats_interval_s = 0.5
 """)
     return path
 
@@ -105,7 +111,8 @@ def online_since(registry: Collector, t_ms: int) -> bool:
 def test_kill_9_mid_stream_then_resends_store_everything_exactly_once(
     tmp_path: Path, broker: MosquittoServer, store: VictoriaMetricsServer
 ) -> None:
-    config = write_config(tmp_path / "gateway.toml", broker, store)
+    gate = StoreGate(store.url)
+    config = write_config(tmp_path / "gateway.toml", broker, gate.url)
     start = recent_ms()
     alerts = make_alerts(TAG, 6000, start_ms=start, seed=9)
     summaries = make_summaries(TAG, 80, 30, start_ms=start, seed=10)
@@ -124,12 +131,13 @@ def test_kill_9_mid_stream_then_resends_store_everything_exactly_once(
         pub.wait_all()
 
         routes = expected_routes(PREFIX, alerts)
+        gate.hold_after(3)  # 3 batches stored, then the next write waits at the gate
         gateway = GatewayProcess(config, tmp_path / "gateway.log")
-        eventually(lambda: 0 < acked_in_log(gateway.log()) >= len(alerts) // 10, what="progress")
-        gateway.kill()  # mid-stream: some stored, some in flight, the rest still at the broker
-        assert acked_in_log(gateway.log()) < len(alerts) + len(summaries), (
-            "finished before the kill"
-        )
+        assert gate.wait_held(1), f"the gateway never wrote a 4th batch\n{gateway.log()}"
+        eventually(lambda: acked_in_log(gateway.log()) > 0, what="the first batches acknowledged")
+        gateway.kill()  # some stored and acked, some taken but unacked (held), the rest at the broker
+        assert acked_in_log(gateway.log()) < len(alerts) + len(summaries)
+        gate.release()  # the held write reaches the store after its writer died, as it can for real
 
         restarted_at = int(time.time() * 1000)
         gateway = GatewayProcess(config, tmp_path / "gateway.log")
@@ -158,7 +166,7 @@ def test_kill_9_mid_stream_then_resends_store_everything_exactly_once(
         assert gateway.terminate() == 0, gateway.log()
         stopped = re.findall(r"gateway gw-kill stopped: (\{.*\})", gateway.log())
         assert stopped and ast.literal_eval(stopped[-1])["redelivered"] > 0, (
-            "nothing was in flight at the kill"
+            "the broker re-sent nothing that was unacknowledged at the kill"
         )
     finally:
         if gateway.proc.poll() is None:
@@ -166,3 +174,4 @@ def test_kill_9_mid_stream_then_resends_store_everything_exactly_once(
             gateway.proc.wait(10)
         for client in (pub, ops, registry):
             client.close()
+        gate.close()
