@@ -1,7 +1,7 @@
 """The agent's CPU, throughput, memory and alert latency on a stream of RawBlocks
 (`python -m benchmarks.bench_agent`).
 
-Each case runs the real agent (`python -m edge_agent.cli agent`) as a subprocess on a local
+Each case runs the real agent (`python -m lifeline.cli agent`) as a subprocess on a local
 Mosquitto, with its baseline in the same run:
 - cpu-block / cpu-single: the agent and a bare paho-mqtt subscriber (a subprocess whose
   on_message only counts) receive the same stream at once; each one's CPU time (from
@@ -31,7 +31,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.contract import RawBlock, decode_alert, decode_status
+from lifeline.contract import RawBlock, decode_alert, decode_status
 from benchmarks.procstat import cpu_seconds, memory_mib
 from benchmarks.suite import write_section
 from simulators.servers import MosquittoServer
@@ -82,7 +82,7 @@ def start_agent(workdir: Path, broker: MosquittoServer, sensors: int, kind: str)
                   "high = [0.6, 0.7, 0.8, 0.9]", "hysteresis = 0.02", "debounce = 1", "gap_s = 3600", ""]
     config = workdir / "agent.toml"
     config.write_text("\n".join(lines))
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "agent",
+    proc = subprocess.Popen([sys.executable, "-m", "lifeline.cli", "agent",
                              "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT)
     return proc, LineWatcher(proc.stderr)

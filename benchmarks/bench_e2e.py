@@ -48,10 +48,10 @@ import paho.mqtt.client as mqtt
 from benchmarks.machine import describe_machine
 from benchmarks.procstat import cpu_seconds, memory_mib
 from benchmarks.suite import write_section
-from edge_agent.config import MqttSettings
-from edge_agent.contract import decode_alert
-from edge_agent.errors import DecodeError, LifelineError
-from edge_agent.inputs.mqtt_raw import make_client
+from lifeline.config import MqttSettings
+from lifeline.contract import decode_alert
+from lifeline.errors import DecodeError, LifelineError
+from lifeline.mqtt import make_client
 from simulators.agent_config import AgentSettings, write_agent_configs
 from simulators.collect import AlertCollector
 from simulators.demo import Child, gateway_toml, start_child
@@ -432,7 +432,7 @@ def precompile(config: Path, workdir: Path) -> None:
     """Fill the kernels' on-disk cache once, so the agents start at once (quick when already warm)."""
     log = workdir / "precompile.log"
     with log.open("wb") as out:
-        done = subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", "--config", str(config),
+        done = subprocess.run([sys.executable, "-m", "lifeline.cli", "agent", "--config", str(config),
                                "--precompile"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               timeout=PRECOMPILE_TIMEOUT_S, check=False)
     if done.returncode != 0:

@@ -52,7 +52,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.contract import (
+from lifeline.contract import (
     Alert,
     Status,
     Summary,

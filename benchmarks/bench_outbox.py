@@ -19,9 +19,9 @@ import click
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.config import MqttSettings
 from edge_agent.outbox import OutboundMessage, Outbox
 from edge_agent.uplink import Uplink
+from lifeline.config import MqttSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 
-from edge_agent.config import MqttSettings
+from lifeline.config import MqttSettings
 from simulators.agent_config import AgentSettings, write_agent_configs
 from simulators.collect import AlertCollector, write_alerts
 from simulators.runner import RunOptions, run_scenario
@@ -120,7 +120,7 @@ class AgentProcesses:
         for config in configs:
             log = (log_dir / f"{config.stem}.log").open("wb")
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "edge_agent.cli", "--log-level", "warning", "agent", "--config", str(config)],
+                [sys.executable, "-m", "lifeline.cli", "--log-level", "warning", "agent", "--config", str(config)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
             log.close()
 

@@ -49,11 +49,12 @@ from benchmarks.bench_e2e import (
     subdir,
     wait_until,
 )
-from edge_agent.config import AgentConfig, MqttSettings
-from edge_agent.contract import Alert, DecodeError, decode_alert, decode_summary
-from edge_agent.errors import LifelineError
+from edge_agent.config import AgentConfig
 from edge_agent.outbox import Outbox
 from edge_agent.runtime import OUTBOX_FILE
+from lifeline.config import MqttSettings
+from lifeline.contract import Alert, DecodeError, decode_alert, decode_summary
+from lifeline.errors import LifelineError
 from simulators.agent_config import AgentSettings, agent_tables, to_toml
 from simulators.collect import AlertCollector
 from simulators.demo import Child, gateway_toml, start_child

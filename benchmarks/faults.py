@@ -46,7 +46,7 @@ from typing import Final
 from benchmarks.bench_e2e import E2ECase
 from benchmarks.chain import Chain, ChainVerdict, FirstNewRow
 from benchmarks.fault_table import FaultOutcome, write_fault_rows
-from edge_agent.errors import LifelineError
+from lifeline.errors import LifelineError
 
 #: Load of a full run and of a quick one (tests use the quick one).
 FULL_LOAD: Final = E2ECase(rate=10_000, sensors=200, agents=2, events_per_s=1.0, duration_s=600.0)

@@ -34,8 +34,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from benchmarks.fault_table import FaultOutcome, write_fault_rows
-from edge_agent.contract import Alert, RawBlock
 from firmware_stubs import FORMAT_INT16, SensorNode
+from lifeline.contract import Alert, RawBlock
 from simulators.servers import MosquittoServer
 from tests.agent_harness import AgentProcess, Collector, write_config
 

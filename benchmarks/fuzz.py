@@ -49,7 +49,7 @@ def rawblock_seeds() -> list[bytes]:
     """RawBlocks in each shape the contract allows: bin values, number arrays, `ts`, `seq`."""
     import numpy as np
 
-    from edge_agent.contract import RawBlock
+    from lifeline.contract import RawBlock
 
     values = np.array([0.5, 0.61, 0.72, -1.0], dtype=np.float64)
     return [
@@ -62,7 +62,7 @@ def rawblock_seeds() -> list[bytes]:
 
 def alert_seeds() -> list[bytes]:
     """Alerts with and without the optional `limit` and `extra`."""
-    from edge_agent.contract import Alert
+    from lifeline.contract import Alert
 
     base = Alert(id="yz-a:17", agent="yz-a", sensor="YZ-P-0001", kind="pipe.pressure", site="jfb-valve-12",
                  township="jiefangbei", district="yuzhong", rule="high", level=2, prev=1, value=0.75,
@@ -148,8 +148,8 @@ def rawblock_target() -> Callable[[bytes], None]:
     """decode_raw_block: a RawBlock or DecodeError, nothing else."""
     import atheris
 
-    with atheris.instrument_imports(include=["edge_agent"]):
-        from edge_agent.contract import DecodeError, decode_raw_block
+    with atheris.instrument_imports(include=["lifeline"]):
+        from lifeline.contract import DecodeError, decode_raw_block
 
     def one(data: bytes) -> None:
         try:
@@ -164,8 +164,8 @@ def alert_target() -> Callable[[bytes], None]:
     """decode_alert: an Alert or DecodeError, nothing else."""
     import atheris
 
-    with atheris.instrument_imports(include=["edge_agent"]):
-        from edge_agent.contract import DecodeError, decode_alert
+    with atheris.instrument_imports(include=["lifeline"]):
+        from lifeline.contract import DecodeError, decode_alert
 
     def one(data: bytes) -> None:
         try:
@@ -180,10 +180,13 @@ def config_target(scratch: Path) -> Callable[[bytes], None]:
     """load_toml_model(path, AgentConfig) on fuzzed file bytes: an AgentConfig or ConfigError."""
     import atheris
 
-    with atheris.instrument_imports(include=["edge_agent.config", "edge_agent.contract", "tomllib"]):
+    with atheris.instrument_imports(include=["edge_agent.config", "lifeline.config", "lifeline.contract",
+                                             "tomllib"]):
         import tomllib  # noqa: F401  (instrumented when first imported here)
 
-        from edge_agent.config import AgentConfig, ConfigError, load_toml_model
+        from edge_agent.config import AgentConfig
+        from lifeline.config import load_toml_model
+        from lifeline.errors import ConfigError
     import edge_agent.kernels.profiles  # noqa: F401  (numba kernels: import outside the instrumentation)
 
     path = scratch / "agent.toml"

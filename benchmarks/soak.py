@@ -47,10 +47,10 @@ from benchmarks.bench_e2e import (
 from benchmarks.machine import describe_machine
 from benchmarks.procstat import memory_mib
 from benchmarks.suite import write_section
-from edge_agent.config import MqttSettings
-from edge_agent.contract import DecodeError, decode_alert
-from edge_agent.errors import LifelineError
-from edge_agent.inputs.mqtt_raw import make_client
+from lifeline.config import MqttSettings
+from lifeline.contract import DecodeError, decode_alert
+from lifeline.errors import LifelineError
+from lifeline.mqtt import make_client
 from simulators.agent_config import AgentSettings, write_agent_configs
 from simulators.collect import AlertCollector, alerts_from_victoria
 from simulators.demo import Child, gateway_toml

@@ -1,2 +1,47 @@
-"""lifeline edge agent: reads sensors, detects events at the edge, forwards alerts and summaries."""
-__version__ = "0.1.0"
+"""The edge agent: reads sensors, detects events at the edge, forwards alerts and summaries.
+
+It runs in a roadside cabinet: inputs (`inputs/`: sensor-node frames on serial, Modbus RTU,
+RawBlocks over MQTT) feed a batching pipeline (`pipeline`) that runs the Numba kernels
+(`kernels/`) and turns their events into alerts and window summaries; everything outbound goes
+through the durable SQLite outbox (`outbox`) and the MQTT uplink (`uplink`); `runtime` ties them
+together. Its configuration models are `config`; what it shares with the gateway (contract,
+shared config, MQTT helpers) is in `lifeline`.
+
+Public names, for the CLI and for simulators that drive agents (imported on first use, so
+`import edge_agent` stays cheap): `AgentConfig` and `load_agent_config` (the agent's
+configuration), `run_agent` (run until SIGTERM), `precompile` (compile the kernels into the
+on-disk cache), `FAULT_RULES` (the kernels' rules that mean a broken sensor rather than an
+event; the agent adds `gap` itself).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge_agent.config import AgentConfig, load_agent_config
+    from edge_agent.kernels.codes import FAULT_RULES
+    from edge_agent.runtime import precompile, run_agent
+
+#: Public name -> module that defines it.
+_PUBLIC: dict[str, str] = {
+    "AgentConfig": "edge_agent.config",
+    "load_agent_config": "edge_agent.config",
+    "FAULT_RULES": "edge_agent.kernels.codes",
+    "precompile": "edge_agent.runtime",
+    "run_agent": "edge_agent.runtime",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name's module on first use (the runtime pulls in numba and the kernels)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = ["FAULT_RULES", "AgentConfig", "load_agent_config", "precompile", "run_agent"]

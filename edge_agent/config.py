@@ -1,169 +1,23 @@
 """Agent configuration (contract section 4) loaded from TOML into validated, typed objects.
 
-Every problem is reported as one `ConfigError` naming the file, the key (`sensor[3].high`) and
-what is wrong, so an operator can fix a cabinet's config without reading code.
-
-Secrets (MQTT password, store token) are `SecretStr`: their repr, `str()` and `model_dump()`
-show `**********`, config errors never echo them, and URLs with credentials in them are refused
-(the URLs are logged), so a secret reaches only the connection that needs it.
+The shared machinery (loading, `[mqtt]`, secrets, error messages naming file and key) is
+`lifeline.config`; this module holds the agent's own sections: `[agent]`, `[raw_mqtt]` and
+`[[sensor]]`.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
-from edge_agent.contract.kinds import KIND_PATTERN, is_valid_id
-from edge_agent.contract.topics import DEFAULT_PREFIX
-from edge_agent.errors import ConfigError
+from lifeline.config import ConfigSection, Ident, MqttSettings, load_toml_model
+from lifeline.contract.kinds import KIND_PATTERN
 
 if TYPE_CHECKING:
     from edge_agent.kernels.profiles import SensorRules
-
-Model = TypeVar("Model", bound=BaseModel)
-
-Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
-
-#: Keys whose values are secrets: a config error names them but never shows their value.
-SECRET_KEYS = frozenset({"password", "token"})
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password (and user) in it replaced by `***`, safe to log or show."""
-    try:
-        parts = urlsplit(url)
-        if parts.username is None and parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-    except ValueError:
-        return "<unparsable URL>"
-    return SplitResult(parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment).geturl()
-
-
-def check_no_credentials(url: str, hint: str) -> SplitResult:
-    """Split `url`, refusing a user or password in it (URLs are logged; secrets have own keys)."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError as exc:
-        raise ValueError(f"is not a valid URL (bad port or brackets): {redact_url(url)!r}") from None
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            f"must not carry credentials ({redact_url(url)!r}): URLs are logged; {hint}"
-        )
-    return parts
-
-
-class ConfigSection(BaseModel):
-    """Base for config sections: unknown keys are errors (a typo must not pass silently)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, populate_by_name=True)
-
-
-class MqttSettings(ConfigSection):
-    """Broker connection shared by agent and gateway (`[mqtt]`)."""
-
-    url: str = "mqtt://127.0.0.1:1883"
-    prefix: str = DEFAULT_PREFIX
-    username: str | None = None
-    #: Password inline; prefer `password_file` or the environment variable LIFELINE_MQTT_PASSWORD.
-    password: SecretStr | None = Field(default=None, repr=False)
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    client_id: str | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str) -> str:
-        parts = check_no_credentials(
-            url, "give the user as mqtt.username and the password as mqtt.password_file or "
-            "LIFELINE_MQTT_PASSWORD"
-        )
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"must start with mqtt:// or mqtts://, got {url!r}")
-        if not parts.hostname:
-            raise ValueError(f"has no host: {url!r}")
-        return url
-
-    @field_validator("prefix")
-    @classmethod
-    def _check_prefix(cls, prefix: str) -> str:
-        if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "+#"):
-            raise ValueError(f"must be a topic path without wildcards or leading/trailing '/', got {prefix!r}")
-        return prefix
-
-    @model_validator(mode="after")
-    def _check_password_file(self) -> MqttSettings:
-        """A password file that will be used must be readable now, so `--check` finds it broken."""
-        if self.password_file is not None and not (self.password and self.password.get_secret_value()):
-            check_secret_file(self.password_file, "password_file")
-        return self
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
-
-    def resolved_password(self) -> str | None:
-        """The password from `password`, `password_file` or LIFELINE_MQTT_PASSWORD, in that order.
-
-        The file is read on every call, so a rotated password is used at the next reconnect.
-        """
-        if self.password is not None and self.password.get_secret_value():
-            return self.password.get_secret_value()
-        if self.password_file is not None:
-            return read_secret_file(self.password_file, "mqtt.password_file")
-        return os.environ.get("LIFELINE_MQTT_PASSWORD") or None
-
-
-def check_secret_file(path: Path, key: str) -> None:
-    """Raise ValueError (for a validator) if the secret file at `key` cannot be read."""
-    try:
-        read_secret_file(path, key)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def read_secret_file(path: Path, key: str) -> str:
-    """Read a secret (first line, stripped) from a file, naming the key if it cannot be read.
-
-    The error never quotes the file's content (a wrong file may hold another secret).
-    """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read secret from {path}: {exc.strerror or type(exc).__name__}") from None
-    except UnicodeDecodeError:  # its message would quote a byte of the secret
-        raise ConfigError(f"{key}: cannot read secret from {path}: not UTF-8 text") from None
-    secret = lines[0].strip() if lines else ""
-    if not secret:
-        raise ConfigError(f"{key}: {path} is empty (the secret is its first line)")
-    return secret
 
 
 class AgentSection(ConfigSection):
@@ -358,66 +212,12 @@ def sensor_rules(sensor: SensorSettings, index: int) -> SensorRules:
         raise ValueError(f"sensor[{index}].{where}{message}") from exc
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-def _format_validation(path: Path, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = _format_loc(tuple(err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the sample config)"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif (
-            "input" in err
-            and err["type"] not in ("value_error", "model_type")
-            and not isinstance(err["input"], dict)
-            and not SECRET_KEYS.intersection(str(part) for part in err["loc"])
-        ):
-            msg += f" (got {err['input']!r})"
-        lines.append(f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}")
-    return "\n".join(lines)
-
-
-def load_toml_model(path: str | os.PathLike[str], model: type[Model]) -> Model:
-    """Read a TOML file into `model`; raise ConfigError naming the file, key and problem."""
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{p}: file not found") from exc
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text: {exc}") from exc
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        message = _format_validation(p, exc)
-    # Raised outside the `except`, so the error has neither cause nor context: pydantic's own
-    # message quotes every input value (secrets included), and a logged traceback would show it.
-    raise ConfigError(message)
-
-
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     """Load and validate an agent configuration file."""
     return load_toml_model(path, AgentConfig)
 
 
 __all__ = [
-    "AgentConfig", "AgentSection", "ConfigError", "MqttSettings", "RawMqttSettings", "SensorSettings",
-    "check_no_credentials", "check_secret_file", "is_valid_id", "load_agent_config", "load_toml_model", "read_secret_file",
-    "redact_url", "sensor_rules",
+    "AgentConfig", "AgentSection", "RawMqttSettings", "SensorSettings", "load_agent_config",
+    "sensor_rules",
 ]

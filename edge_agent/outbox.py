@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, Self
 
-from edge_agent.backoff import LogThrottle, held_note
-from edge_agent.errors import LifelineError
+from lifeline.backoff import LogThrottle, held_note
+from lifeline.errors import LifelineError
 
 log = logging.getLogger(__name__)
 

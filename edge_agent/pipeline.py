@@ -53,9 +53,9 @@ import numpy as np
 import numpy.typing as npt
 from msgpack import unpackb as _unpackb
 
-from edge_agent.contract import Alert, DecodeError, Summary, decode_raw_block, parse_topic
-from edge_agent.contract.messages import MAX_PAYLOAD_BYTES, SEQ_MODULUS
-from edge_agent.errors import TopicError
+from lifeline.contract import Alert, DecodeError, Summary, decode_raw_block, parse_topic
+from lifeline.contract.messages import MAX_PAYLOAD_BYTES, SEQ_MODULUS
+from lifeline.errors import TopicError
 from edge_agent.inputs import raw_decode
 from edge_agent.inputs.base import CLOCK, RawMessage, SampleBlock, ThrottledWarnings, now_ms
 from edge_agent.kernels import (

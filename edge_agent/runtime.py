@@ -25,15 +25,15 @@ from typing import Any, Final
 
 import numpy as np
 
-from edge_agent import __version__
 from edge_agent.config import AgentConfig, sensor_rules
-from edge_agent.contract import alert_topic, summary_topic
-from edge_agent.errors import ConfigError, LifelineError
 from edge_agent.inputs.base import Ingress, ThrottledWarnings
 from edge_agent.inputs.mqtt_raw import RawMqttInput
 from edge_agent.outbox import OutboundMessage, Outbox, OutboxError
 from edge_agent.pipeline import AgentIdentity, GapSettings, Pipeline, StepResult
 from edge_agent.registry import SensorRegistry
+from lifeline import __version__
+from lifeline.contract import alert_topic, summary_topic
+from lifeline.errors import ConfigError, LifelineError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -30,11 +28,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.backoff import LogThrottle, backoff_delays, held_note
-from edge_agent.config import MqttSettings
-from edge_agent.contract import Status, status_topic
-from edge_agent.errors import ConfigError
 from edge_agent.outbox import Outbox, OutboxError
+from lifeline.backoff import LogThrottle, backoff_delays, held_note
+from lifeline.config import MqttSettings
+from lifeline.contract import Status, status_topic
+from lifeline.errors import ConfigError
+from lifeline.mqtt import describe_connect_error, describe_refusal, stop_loop, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,8 @@ _CONNECT_TIMEOUT_S: Final = 5.0
 _OUTBOX_RETRY_S: Final = 1.0
 #: A connection that lasted this long resets the backoff; shorter ones (flapping) keep backing off.
 _STABLE_AFTER_S: Final = 10.0
+#: What to check when the broker refuses the client id.
+_ID_HINT: Final = "check mqtt.client_id; is another agent using the same id?"
 
 EventKind = Literal["connack", "puback", "disconnect"]
 
@@ -78,66 +79,12 @@ class UplinkCounters:
     inflight: int
 
 
-def tls_context(settings: MqttSettings) -> ssl.SSLContext:
-    """A verifying TLS context from `mqtt.ca_file` (system CAs without it) and optional client cert."""
-    try:
-        context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"mqtt.ca_file: cannot load CA certificates from {settings.ca_file}: {exc}") from exc
-    if settings.key_file is not None and settings.cert_file is None:
-        raise ConfigError("mqtt.key_file is set but mqtt.cert_file is not: a client key needs its certificate")
-    if settings.cert_file is not None:
-        try:
-            context.load_cert_chain(str(settings.cert_file),
-                                    str(settings.key_file) if settings.key_file else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"mqtt.cert_file/key_file: cannot load the client certificate "
-                              f"{settings.cert_file}: {exc}") from exc
-    return context
-
-
-def describe_connect_error(exc: BaseException) -> str:
-    """A short operator-readable cause for a failed TCP/TLS connect."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted: {exc.verify_message} (check mqtt.ca_file and the broker's name)"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the broker running on that port?)"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host name: {exc.strerror or exc}"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return "timed out"
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc) or type(exc).__name__
-    return str(exc) or type(exc).__name__
-
-
-def _describe_refusal(reason: ReasonCode | None, settings: MqttSettings) -> str:
-    text = str(reason) if reason is not None else "unknown reason"
-    lowered = text.lower()
-    if "authori" in lowered or "user name or password" in lowered or "bad user" in lowered:
-        who = f"user {settings.username!r}" if settings.username else "no user name"
-        return (f"{text} ({who}; check mqtt.username and the password from mqtt.password, "
-                f"mqtt.password_file or LIFELINE_MQTT_PASSWORD)")
-    if "identifier" in lowered:
-        return f"{text} (check mqtt.client_id; is another agent using the same id?)"
-    return text
-
-
 def _plain(value: Any) -> Any:
     """NumPy scalars (common in counters) as Python numbers, so MessagePack can pack them."""
     if isinstance(value, (str, bytes, int, float, bool, list, dict, type(None))):
         return value
     item = getattr(value, "item", None)
     return item() if callable(item) else value
-
-
-def _stop_loop(client: mqtt.Client, timeout_s: float) -> None:
-    """paho's loop_stop() joins without a timeout; bound it, since the broker may be gone."""
-    stopper = threading.Thread(target=client.loop_stop, name="mqtt-loop-stop", daemon=True)
-    stopper.start()
-    stopper.join(max(timeout_s, 0.0))
 
 
 class Uplink:
@@ -321,7 +268,7 @@ class Uplink:
         refusal = self._await_connack(client)
         if refusal is not None:
             client.disconnect()  # closes the socket if the broker has not already
-            _stop_loop(client, 0.5)
+            stop_loop(client, 0.5)
             return None, refusal
         self._on_connected()
         up_since = time.monotonic()
@@ -369,7 +316,8 @@ class Uplink:
                 if event.kind == "connack":
                     if event.reason is not None and not event.reason.is_failure:
                         return None
-                    return "refused by the broker: " + _describe_refusal(event.reason, self.settings)
+                    return "refused by the broker: " + describe_refusal(
+                        event.reason, self.settings, id_hint=_ID_HINT)
                 if event.kind == "disconnect":
                     return f"closed before CONNACK: {event.reason}"
             remaining = deadline - time.monotonic()
@@ -511,7 +459,7 @@ class Uplink:
         if graceful:
             self._say_goodbye(client)
         else:
-            _stop_loop(client, 0.5)
+            stop_loop(client, 0.5)
         self._forget_inflight()
         with self._progress:
             self._progress.notify_all()
@@ -533,7 +481,7 @@ class Uplink:
             if mid in self._status_mids:
                 self._wake_event.wait(max(deadline - time.monotonic(), 0.0))
         client.disconnect()
-        _stop_loop(client, max(deadline - time.monotonic(), 0.1))
+        stop_loop(client, max(deadline - time.monotonic(), 0.1))
         pending = self._outbox.counters().pending
         log.info("disconnected from %s (stopped; %d message(s) left in the outbox)", self.url, pending)
 
@@ -546,4 +494,4 @@ class Uplink:
             log.warning("uplink %s: %s%s", self.url, message, held_note(held))
 
 
-__all__ = ["Uplink", "UplinkCounters", "describe_connect_error", "tls_context"]
+__all__ = ["Uplink", "UplinkCounters"]

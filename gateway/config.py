@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from edge_agent.config import (
+from lifeline.config import (
     ConfigSection,
     Ident,
     MqttSettings,

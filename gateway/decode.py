@@ -1,6 +1,6 @@
 """Fast paths in front of the contract's `decode_summary` and `decode_alert`, for the gateway's hot loop.
 
-`edge_agent.contract.decode_summary` checks every value of every column in Python (type of
+`lifeline.contract.decode_summary` checks every value of every column in Python (type of
 each number, a regex per sensor and site id): about 10 µs per row, which alone would cap the
 gateway near 100 k rows/s. This module accepts the common, well-formed summary with C-level
 checks instead (`set(map(type, column))`, one set lookup per id against ids already proven
@@ -22,9 +22,9 @@ from typing import Any, Final
 import msgpack
 import numpy as np
 
-from edge_agent.contract import Alert, Summary, decode_alert, decode_summary, is_valid_id
-from edge_agent.contract.kinds import MAX_LEVEL
-from edge_agent.contract.messages import MAX_PAYLOAD_BYTES, VERSION
+from lifeline.contract import Alert, Summary, decode_alert, decode_summary, is_valid_id
+from lifeline.contract.kinds import MAX_LEVEL
+from lifeline.contract.messages import MAX_PAYLOAD_BYTES, VERSION
 
 _SUMMARY_KEYS: Final = frozenset(
     {

@@ -23,8 +23,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.contract import Alert, Status, Summary
 from gateway.floatfmt import TABLES, write_float, write_int
+from lifeline.contract import Alert, Status, Summary
 
 READING: Final = "reading"
 ALERT: Final = "alert"

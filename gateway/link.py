@@ -36,13 +36,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.backoff import LogThrottle, backoff_delays, held_note
-from edge_agent.config import MqttSettings
-from edge_agent.contract import subscription
-from edge_agent.uplink import describe_connect_error, tls_context
 from gateway.config import GatewaySection
 from gateway.events import Connected, Disconnected, Event, Inbound, PublishAcked
 from gateway.pahofast import FastClient
+from lifeline.backoff import LogThrottle, backoff_delays, held_note
+from lifeline.config import MqttSettings
+from lifeline.contract import subscription
+from lifeline.mqtt import describe_connect_error, describe_refusal, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +55,14 @@ _READ_BURST: Final = 4
 _MAX_WAIT_S: Final = 1.0
 #: A connection that lasted this long resets the reconnect backoff.
 _STABLE_AFTER_S: Final = 10.0
+#: What to check when the broker refuses the client id.
+_ID_HINT: Final = "check mqtt.client_id / gateway.id: is another gateway using the same id?"
 
 
 def _pending(sock: object) -> bool:
     """TLS sockets may hold decrypted bytes that select() cannot see."""
     pending = getattr(sock, "pending", None)
     return bool(pending and pending())
-
-
-def _describe_refusal(reason: ReasonCode, settings: MqttSettings) -> str:
-    """The broker's reason, with a hint at the setting to check."""
-    text = str(reason)
-    if "authori" in text.lower() or "password" in text.lower():
-        who = f"user {settings.username!r}" if settings.username else "no user name"
-        return (
-            f"{text} ({who}; check mqtt.username and the password from mqtt.password, "
-            "mqtt.password_file or LIFELINE_MQTT_PASSWORD)"
-        )
-    if "identifier" in text.lower():
-        return f"{text} (check mqtt.client_id / gateway.id: is another gateway using the same id?)"
-    return text
 
 
 def _drain(fd: int) -> None:
@@ -299,7 +287,7 @@ class BrokerLink:
                     "broker %s refused the connection as %s: %s; retrying%s",
                     self.settings.url,
                     self.client_id,
-                    _describe_refusal(reason, self.settings),
+                    describe_refusal(reason, self.settings, id_hint=_ID_HINT),
                     held_note(held),
                 )
             return

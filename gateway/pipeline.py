@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from edge_agent.backoff import LogThrottle, held_note
-from edge_agent.contract import (
+from lifeline.backoff import LogThrottle, held_note
+from lifeline.contract import (
     Alert,
     DecodeError,
     alert_topic,
@@ -43,7 +43,7 @@ from edge_agent.contract import (
     summary_topic,
     tiers_for,
 )
-from edge_agent.contract.kinds import MAX_LEVEL
+from lifeline.contract.kinds import MAX_LEVEL
 from gateway.counters import GatewayCounters
 from gateway.decode import AlertDecoder, SummaryDecoder
 from gateway.events import (

@@ -22,9 +22,9 @@ from typing import Any, Final, cast
 
 import msgpack
 
-from edge_agent.backoff import LogThrottle, held_note
-from edge_agent.contract import Alert, Status, Summary
 from gateway.config import GatewaySection, UnknownAgents
+from lifeline.backoff import LogThrottle, held_note
+from lifeline.contract import Alert, Status, Summary
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 
-from edge_agent.errors import LifelineError
 from gateway.config import InfluxSettings
+from lifeline.errors import LifelineError
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from edge_agent.backoff import LogThrottle, backoff_delays, held_note
 from gateway.counters import GatewayCounters
 from gateway.events import BatchDone, StoreBatch
 from gateway.store import LineSink, StoreError, WriteOutcome, write_until_stored
+from lifeline.backoff import LogThrottle, backoff_delays, held_note
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_agent.config import AgentConfig
-from edge_agent.errors import ConfigError
+from edge_agent import AgentConfig
+from lifeline.errors import ConfigError
 from simulators.scenario import Scenario, ScenarioSensor
 from simulators.transports.modbus import VALUE_REGISTER
 from simulators.transports.wiring import ModbusWire, SerialWire, raw_prefix, wiring

@@ -12,8 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.config import MqttSettings
-from edge_agent.errors import LifelineError
+from lifeline.config import MqttSettings
+from lifeline.errors import LifelineError
 from simulators.scenario import (
     Scenario,
     builtin_scenarios,

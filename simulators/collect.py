@@ -27,10 +27,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.config import MqttSettings
-from edge_agent.contract import DecodeError, decode_alert, decode_status
-from edge_agent.errors import ConfigError
-from edge_agent.inputs.mqtt_raw import make_client
+from lifeline.config import MqttSettings
+from lifeline.contract import DecodeError, decode_alert, decode_status
+from lifeline.errors import ConfigError
+from lifeline.mqtt import make_client
 from simulators.scoring import AlertRecord
 from simulators.transports.base import TransportError
 

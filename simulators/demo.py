@@ -32,10 +32,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from edge_agent.config import MqttSettings
-from edge_agent.contract import LEVEL_NAMES, TIERS, decode_alert, domain_of, parse_topic
-from edge_agent.errors import DecodeError, LifelineError
-from edge_agent.inputs.mqtt_raw import make_client
+from lifeline.config import MqttSettings
+from lifeline.contract import LEVEL_NAMES, TIERS, decode_alert, domain_of, parse_topic
+from lifeline.errors import DecodeError, LifelineError
+from lifeline.mqtt import make_client
 from simulators.agent_config import AgentSettings, write_agent_configs
 from simulators.collect import AlertCollector, alerts_from_victoria
 from simulators.runner import RunOptions, RunResult, run_scenario
@@ -133,7 +133,7 @@ def start_child(name: str, args: list[str], workdir: Path) -> Child:
     """Run `lifeline ...` as a child process in its own process group (Ctrl-C is ours to pass on)."""
     log_path = workdir / f"{name}.log"
     with log_path.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *args], stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "lifeline.cli", *args], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     return Child(name, proc, log_path)
@@ -312,7 +312,7 @@ def _sub(workdir: Path, name: str) -> Path:
 
 def _warm_kernels(console: Console) -> None:
     """Compile the detection kernels once (first run only) so the agents start at once."""
-    from edge_agent.runtime import precompile
+    from edge_agent import precompile
 
     with console.status("warming the detection kernels (compiles once, then cached) ..."):
         precompile()

@@ -27,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edge_agent.config import MqttSettings
+from lifeline.config import MqttSettings
 from simulators.scenario import Scenario, Transport, parse_start
 from simulators.signals import SignalModel
 from simulators.transports.base import BlockSink, F32Array, TransportError

@@ -19,9 +19,9 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from edge_agent.config import ConfigSection, Ident, load_toml_model
-from edge_agent.contract.topics import DEFAULT_PREFIX
-from edge_agent.errors import ConfigError
+from lifeline.config import ConfigSection, Ident, load_toml_model
+from lifeline.contract.topics import DEFAULT_PREFIX
+from lifeline.errors import ConfigError
 from simulators.signals import (
     FACTORIES,
     EventSpec,

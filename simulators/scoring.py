@@ -40,8 +40,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.contract import Alert
-from edge_agent.kernels.codes import FAULT_RULES as KERNEL_FAULT_RULES
+from edge_agent import FAULT_RULES as KERNEL_FAULT_RULES
+from lifeline.contract import Alert
 from simulators.signals import LabelledEvent
 from simulators.truth import GroundTruth, TruthSensor
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from edge_agent.errors import LifelineError
+from lifeline.errors import LifelineError
 
 
 class ServerError(LifelineError):

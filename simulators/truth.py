@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from edge_agent.errors import ConfigError
+from lifeline.errors import ConfigError
 from simulators.scenario import Scenario
 from simulators.signals import OPEN_END_MS, LabelledEvent, SignalModel
 

@@ -24,7 +24,7 @@ from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge_agent.inputs import Ingress, SampleBlock
-from edge_agent.contract import (
+from lifeline.contract import (
     Alert,
     RawBlock,
     Status,
@@ -76,7 +76,7 @@ def ensure_precompiled() -> None:
 
 
 class AgentProcess:
-    """`python -m edge_agent.cli agent --config ...` with its log lines readable as they come."""
+    """`python -m lifeline.cli agent --config ...` with its log lines readable as they come."""
 
     def __init__(self, config: Path, *, env: dict[str, str] | None = None) -> None:
         self.config = config
@@ -88,7 +88,7 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         ensure_precompiled()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.cli", "agent", "--config", str(self.config)],
+            [sys.executable, "-m", "lifeline.cli", "agent", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
             cwd=ROOT, env=self.env)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()

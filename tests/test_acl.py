@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.contract import decode_alert, decode_status
+from lifeline.contract import decode_alert, decode_status
 from simulators.servers import MosquittoServer
 from tests.agent_harness import ROOT, WAIT_S, AgentProcess, Publisher, make_ca, write_config
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_agent.cli import cli
-from edge_agent.config import ConfigError, load_agent_config
+from edge_agent.config import load_agent_config
 from edge_agent.registry import SensorRegistry
+from lifeline.cli import cli
+from lifeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = '[agent]\nid = "a1"\ndistrict = "d"\ntownship = "t"\n\n'

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from edge_agent.contract import RawBlock
+from lifeline.contract import RawBlock
 from simulators.servers import MosquittoServer
 from tests.agent_harness import AgentProcess, Collector, P, Publisher, write_config
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.backoff import LogThrottle, backoff_delays, held_note
+from lifeline.backoff import LogThrottle, backoff_delays, held_note
 
 
 def take(n: int, **kwargs: object) -> list[float]:

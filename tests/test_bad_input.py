@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.contract import (
+from edge_agent.pipeline import fast_raw_block
+from lifeline.contract import (
     DecodeError,
     ParsedTopic,
     RawBlock,
@@ -27,8 +28,7 @@ from edge_agent.contract import (
     decode_summary,
     parse_topic,
 )
-from edge_agent.contract.messages import MAX_PAYLOAD_BYTES
-from edge_agent.pipeline import fast_raw_block
+from lifeline.contract.messages import MAX_PAYLOAD_BYTES
 from simulators.servers import MosquittoServer
 from tests.agent_harness import AgentProcess, Collector, P, Publisher, write_config
 
@@ -112,7 +112,7 @@ def test_payload_over_16_mib_is_refused_before_unpacking(name: str, monkeypatch:
     def no_unpacking(*args: object, **kwargs: object) -> object:
         raise AssertionError("unpacked an oversized payload")
 
-    monkeypatch.setattr("edge_agent.contract.messages.msgpack.unpackb", no_unpacking)
+    monkeypatch.setattr("lifeline.contract.messages.msgpack.unpackb", no_unpacking)
     payload = b"\x81\xa1v\x01" + b"\x00" * MAX_PAYLOAD_BYTES
     message = refused(DECODERS[name], payload)
     assert "exceeds" in message and str(MAX_PAYLOAD_BYTES) in message

@@ -11,7 +11,7 @@ import pytest
 from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 
-from edge_agent.contract import RawBlock, decode_raw_block, parse_topic, raw_topic
+from lifeline.contract import RawBlock, decode_raw_block, parse_topic, raw_topic
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
 
 pytestmark = pytest.mark.integration

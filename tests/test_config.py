@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_agent.cli import cli
-from edge_agent.config import ConfigError, load_agent_config
+from edge_agent.config import load_agent_config
 from gateway.config import load_gateway_config
+from lifeline.cli import cli
+from lifeline.errors import ConfigError
 
 CONTRACT_EXAMPLE = """
 [agent]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.contract import (
+from lifeline.contract import (
     Alert,
     DecodeError,
     RawBlock,

@@ -25,7 +25,7 @@ def running_commands() -> list[str]:
 
 def test_demo_runs_the_chain_and_reports(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "demo", "--duration", "25"],
+        [sys.executable, "-m", "lifeline.cli", "demo", "--duration", "25"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path,
     )
     output = result.stdout + result.stderr

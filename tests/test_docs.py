@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from edge_agent.config import AgentSection, MqttSettings, RawMqttSettings, SensorSettings, load_agent_config
+from edge_agent.config import AgentSection, RawMqttSettings, SensorSettings, load_agent_config
 from gateway.config import GatewaySection, InfluxSettings, load_gateway_config
+from lifeline.config import MqttSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_SAMPLE = ROOT / "deploy" / "agent.sample.toml"

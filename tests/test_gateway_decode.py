@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.contract import Alert, DecodeError, Summary, decode_alert, decode_summary
-from edge_agent.contract.messages import MAX_PAYLOAD_BYTES
 from gateway.decode import AlertDecoder, SummaryDecoder
+from lifeline.contract import Alert, DecodeError, Summary, decode_alert, decode_summary
+from lifeline.contract.messages import MAX_PAYLOAD_BYTES
 
 VALID_IDS = st.sampled_from(["S-1", "S.2", "a_b", "x" * 64])
 BAD_IDS = st.sampled_from(["x" * 65, "bad id", "", "ü", "S/1"])

@@ -22,7 +22,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.contract import (
+from gateway.config import GatewayConfig
+from gateway.service import GatewayService
+from lifeline.contract import (
     Alert,
     Status,
     Summary,
@@ -32,8 +34,6 @@ from edge_agent.contract import (
     summary_topic,
     tiers_for,
 )
-from gateway.config import GatewayConfig
-from gateway.service import GatewayService
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
 from tests.agent_harness import make_ca
 from tests.store_gate import StoreGate

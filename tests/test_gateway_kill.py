@@ -49,7 +49,7 @@ class GatewayProcess:
         self.log_path = log
         with log.open("ab") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent.cli", "gateway", "--config", str(config)],
+                [sys.executable, "-m", "lifeline.cli", "gateway", "--config", str(config)],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 
-from edge_agent.contract import Alert, Status, Summary
 from gateway.floatfmt import format_floats
 from gateway.lineproto import (
     PrefixCache,
@@ -22,6 +21,7 @@ from gateway.lineproto import (
     reading_table,
     status_table,
 )
+from lifeline.contract import Alert, Status, Summary
 
 Fields = dict[str, float | int]
 

@@ -9,12 +9,12 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_agent.contract import Alert, Status, Summary, alert_topic, status_topic, summary_topic
 from gateway.counters import GatewayCounters
 from gateway.events import BatchDone, Connected, Disconnected, Inbound, PublishAcked, StoreBatch
 from gateway.pipeline import Pipeline, PipelineSettings
 from gateway.registry import Registry
 from gateway.store import WriteOutcome
+from lifeline.contract import Alert, Status, Summary, alert_topic, status_topic, summary_topic
 from tests.test_gateway_lineproto import parse_body
 
 P = "lifeline/v1"

@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from edge_agent.contract import (
+from lifeline.contract import (
     Alert,
     Status,
     Summary,

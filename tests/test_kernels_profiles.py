@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from edge_agent.contract.kinds import KIND_UNITS
 from edge_agent.kernels import (
     EVENT_RULES,
     FAULT_RULES,
@@ -19,6 +18,7 @@ from edge_agent.kernels import (
     default_rules,
     rules_from_overrides,
 )
+from lifeline.contract.kinds import KIND_UNITS
 
 
 def test_rule_names_and_fault_rules_are_the_agreed_ones() -> None:

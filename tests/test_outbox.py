@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.errors import LifelineError
 from edge_agent.outbox import OutboundMessage, Outbox, OutboxError
+from lifeline.errors import LifelineError
 
 REPO = Path(__file__).resolve().parents[1]
 

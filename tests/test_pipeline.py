@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from edge_agent.config import SensorSettings, sensor_rules
-from edge_agent.contract import Alert, RawBlock
 from edge_agent.inputs.base import RawMessage, SampleBlock
 from edge_agent.pipeline import AgentIdentity, GapSettings, Pipeline
 from edge_agent.registry import SensorRegistry
+from lifeline.contract import Alert, RawBlock
 
 P = "lifeline/v1"
 T0 = 1_700_000_040_000  # a window boundary for 60 s windows

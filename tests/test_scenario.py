@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import load_agent_config
-from edge_agent.errors import ConfigError
+from lifeline.errors import ConfigError
 from simulators.agent_config import AgentSettings, to_toml, write_agent_configs
 from simulators.scenario import (
     builtin_scenarios,

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import MqttSettings, load_agent_config, read_secret_file
-from edge_agent.contract import Alert, Status, alert_topic, status_topic, summary_topic
-from edge_agent.errors import ConfigError
+from edge_agent.config import load_agent_config
 from gateway.config import InfluxSettings, load_gateway_config
+from lifeline.config import MqttSettings, read_secret_file
+from lifeline.contract import Alert, Status, alert_topic, status_topic, summary_topic
+from lifeline.errors import ConfigError
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
 from tests.agent_harness import ROOT, ensure_precompiled, write_config
 from tests.agent_harness import Publisher as RawPublisher
@@ -183,7 +184,7 @@ def test_check_reports_a_url_with_credentials_without_showing_them(tmp_path: Pat
 
 
 def lifeline(*args: str) -> list[str]:
-    return [sys.executable, "-m", "edge_agent.cli", "--log-level", "debug", *args]
+    return [sys.executable, "-m", "lifeline.cli", "--log-level", "debug", *args]
 
 
 class LoggedProcess:

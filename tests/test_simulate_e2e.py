@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_agent.config import MqttSettings
+from lifeline.config import MqttSettings
 from simulators.agent_config import AgentSettings, write_agent_configs
 from simulators.cli import simulate
 from simulators.collect import AlertCollector, write_alerts
@@ -119,7 +119,7 @@ def agents(scenario: Scenario, tmp_path: Path, broker: MosquittoServer) -> Itera
     procs = []
     for config in configs:
         log = (tmp_path / f"{config.stem}.log").open("wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "agent", "--config", str(config)],
+        procs.append(subprocess.Popen([sys.executable, "-m", "lifeline.cli", "agent", "--config", str(config)],
                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         log.close()
     try:

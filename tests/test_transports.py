@@ -14,10 +14,10 @@ import pytest
 from pymodbus import FramerType
 from pymodbus.client import ModbusSerialClient
 
-from edge_agent.config import MqttSettings
-from edge_agent.contract import RawBlock, decode_raw_block
 from edge_agent.frames import FrameDecoder, SampleFrame
 from edge_agent.inputs.modbus import register_value
+from lifeline.config import MqttSettings
+from lifeline.contract import RawBlock, decode_raw_block
 from simulators.runner import Fleet, ReplayPlan, RunOptions, index_at, open_transports, replay
 from simulators.scenario import Scenario, ScenarioSensor, Township
 from simulators.servers import MosquittoServer

@@ -24,11 +24,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.config import MqttSettings
-from edge_agent.contract import Alert, alert_topic, decode_alert, decode_status, summary_topic
-from edge_agent.errors import ConfigError
 from edge_agent.outbox import OutboundMessage, Outbox, OutboxError
 from edge_agent.uplink import Uplink
+from lifeline.config import MqttSettings
+from lifeline.contract import Alert, alert_topic, decode_alert, decode_status, summary_topic
+from lifeline.errors import ConfigError
 from simulators.servers import MosquittoServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -404,7 +404,7 @@ def test_a_failing_status_callback_still_publishes_the_uplinks_status(
 WILL_CHILD = textwrap.dedent("""
     import sys, threading
     from pathlib import Path
-    from edge_agent.config import MqttSettings
+    from lifeline.config import MqttSettings
     from edge_agent.outbox import Outbox
     from edge_agent.uplink import Uplink
 

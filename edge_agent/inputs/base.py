@@ -17,7 +17,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.backoff import LogThrottle, held_note
+from lifeline.backoff import LogThrottle, held_note
 
 F64Array = npt.NDArray[np.float64]
 I64Array = npt.NDArray[np.int64]

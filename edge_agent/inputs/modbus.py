@@ -23,10 +23,10 @@ from pymodbus import FramerType
 from pymodbus.client import ModbusSerialClient
 from pymodbus.exceptions import ModbusException
 
-from edge_agent.backoff import backoff_delays
 from edge_agent.config import Datatype, WordOrder
 from edge_agent.inputs.base import Ingress, SampleBlock, now_ms
 from edge_agent.registry import ModbusBusPlan, ModbusPoint
+from lifeline.backoff import backoff_delays
 
 log = logging.getLogger(__name__)
 

@@ -12,26 +12,12 @@ import threading
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.config import MqttSettings
 from edge_agent.inputs.base import CLOCK, Ingress
-from edge_agent.uplink import tls_context
+from lifeline.config import MqttSettings
+from lifeline.mqtt import make_client, stop_loop
 
 log = logging.getLogger(__name__)
-
-
-def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
-    """A paho-mqtt 2 client with the settings' credentials, TLS and reconnect delays applied."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                         protocol=mqtt.MQTTv311)
-    password = settings.resolved_password()
-    if settings.username or password:
-        client.username_pw_set(settings.username or "", password)
-    if settings.tls:
-        client.tls_set_context(tls_context(settings))
-    client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(settings.reconnect_max_s)))
-    return client
 
 
 class RawMqttInput:
@@ -71,14 +57,12 @@ class RawMqttInput:
     def stop(self, timeout_s: float = 2.0) -> None:
         """Disconnect and stop the network thread, waiting at most `timeout_s` for it.
 
-        paho's loop_stop() joins without a timeout, and a connect attempt to a host that does not
-        answer can hold its thread for seconds; shutdown must not wait for that.
+        A connect attempt to a host that does not answer can hold paho's thread for seconds;
+        shutdown must not wait for that.
         """
         self._stopping = True
         self.client.disconnect()
-        stopper = threading.Thread(target=self.client.loop_stop, name="raw-input-stop", daemon=True)
-        stopper.start()
-        stopper.join(timeout_s)
+        stop_loop(self.client, timeout_s, name="raw-input-stop")
         self._connected.clear()
 
     def _message_handler(self) -> Any:

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.contract.messages import MAX_PAYLOAD_BYTES, SEQ_MODULUS
+from lifeline.contract.messages import MAX_PAYLOAD_BYTES, SEQ_MODULUS
 
 U8Array = npt.NDArray[np.uint8]
 I64Array = npt.NDArray[np.int64]

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import serial
 
-from edge_agent.backoff import backoff_delays
 from edge_agent.frames import FrameCounters, FrameDecoder, Heartbeat, SampleFrame
 from edge_agent.inputs.base import Ingress, SampleBlock, ThrottledWarnings, now_ms
 from edge_agent.registry import SerialPortPlan
+from lifeline.backoff import backoff_delays
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.errors import LifelineError
+from lifeline.errors import LifelineError
 
 F32Array = npt.NDArray[np.float32]
 

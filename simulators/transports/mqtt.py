@@ -20,9 +20,9 @@ import msgpack
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from edge_agent.config import MqttSettings
-from edge_agent.contract.topics import raw_topic
-from edge_agent.inputs.mqtt_raw import make_client
+from lifeline.config import MqttSettings
+from lifeline.contract.topics import raw_topic
+from lifeline.mqtt import make_client
 from simulators.transports.base import F32Array, TransportError, present_runs
 
 #: One delivery in this many is tracked for backpressure and flushing.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from edge_agent.errors import ConfigError
+from lifeline.errors import ConfigError
 from simulators.scenario import Scenario
 
 MAX_UNITS: Final = 247

@@ -1,4 +1,8 @@
-"""The `lifeline` command line: one entry point for the agent, the gateway, simulators and the demo."""
+"""The `lifeline` command line: one entry point for the agent, the gateway, simulators and the demo.
+
+The one module of the core that knows every part: each command imports its part inside the
+command, so `lifeline agent` loads neither the gateway nor the simulators.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ from typing import NoReturn
 
 import click
 
-from edge_agent import __version__
-from edge_agent.errors import LifelineError
+from lifeline import __version__
+from lifeline.errors import LifelineError
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -84,7 +88,7 @@ def cli(log_level: str) -> None:
               help="Compile the detection kernels into the on-disk cache and exit (run once after install).")
 def agent(config_path: Path, check: bool, precompile: bool) -> None:
     """Run the edge agent: read sensors, detect events, forward alerts and summaries."""
-    from edge_agent.config import load_agent_config
+    from edge_agent import load_agent_config
 
     try:
         config = load_agent_config(config_path)
@@ -93,10 +97,8 @@ def agent(config_path: Path, check: bool, precompile: bool) -> None:
     if check:
         click.echo(f"{config_path}: OK: agent {config.agent.id!r}, {len(config.sensor)} sensor(s)")
         return
-    try:
-        from edge_agent.runtime import run_agent
-    except ImportError:
-        fail("the agent runtime is not part of this build yet")
+    from edge_agent import run_agent
+
     try:
         sys.exit(run_agent(config, precompile_only=precompile))
     except LifelineError as exc:
@@ -117,10 +119,8 @@ def gateway(config_path: Path, check: bool) -> None:
     if check:
         click.echo(f"{config_path}: OK: gateway {config.gateway.id!r}, store {config.influx.url}")
         return
-    try:
-        from gateway.service import run_gateway
-    except ImportError:
-        fail("the gateway service is not part of this build yet")
+    from gateway.service import run_gateway
+
     try:
         sys.exit(run_gateway(config))
     except LifelineError as exc:

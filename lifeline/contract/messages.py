@@ -14,8 +14,8 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.contract.kinds import MAX_LEVEL, is_valid_id
-from edge_agent.errors import DecodeError
+from lifeline.contract.kinds import MAX_LEVEL, is_valid_id
+from lifeline.errors import DecodeError
 
 VERSION: Final = 1
 SEQ_MODULUS: Final = 2**32

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from edge_agent.contract.kinds import TIERS, is_valid_id
-from edge_agent.errors import TopicError
+from lifeline.contract.kinds import TIERS, is_valid_id
+from lifeline.errors import TopicError
 
 DEFAULT_PREFIX: Final = "lifeline/v1"
 

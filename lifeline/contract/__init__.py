@@ -1,6 +1,6 @@
 """The external contract (version 1) as code: ids, levels, tiers, topics and MessagePack payloads."""
 
-from edge_agent.contract.kinds import (
+from lifeline.contract.kinds import (
     KIND_UNITS,
     LEVEL_NAMES,
     TIER_MIN_LEVEL,
@@ -9,7 +9,7 @@ from edge_agent.contract.kinds import (
     is_valid_id,
     tiers_for,
 )
-from edge_agent.contract.messages import (
+from lifeline.contract.messages import (
     Alert,
     RawBlock,
     Status,
@@ -19,7 +19,7 @@ from edge_agent.contract.messages import (
     decode_status,
     decode_summary,
 )
-from edge_agent.contract.topics import (
+from lifeline.contract.topics import (
     DEFAULT_PREFIX,
     ParsedTopic,
     alert_topic,
@@ -30,7 +30,7 @@ from edge_agent.contract.topics import (
     subscription,
     summary_topic,
 )
-from edge_agent.errors import DecodeError, TopicError
+from lifeline.errors import DecodeError, TopicError
 
 __all__ = [
     "Alert", "DEFAULT_PREFIX", "DecodeError", "KIND_UNITS", "LEVEL_NAMES", "ParsedTopic",
