@@ -40,6 +40,7 @@ config_option = click.option(
 
 _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulators.cli", "simulate"),
+    "console": ("console.cli", "console"),
     "bench": ("benchmarks.cli", "bench"),
 }
 

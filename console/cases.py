@@ -1,0 +1,564 @@
+"""Cases: an alert's whole life from raise to review, kept in the console's database.
+
+An alert of a (sensor, rule) with no case that is not closed opens one; its later level changes
+(and its clear, level 0) belong to that case. A clear only marks the alert cleared: the case
+stays open until an operator closes it (closed loop). Alerts are de-duplicated by `id`, so the
+ops topic's at-least-once delivery (and several tiers' copies) adds each alert once.
+
+Operator steps (acknowledge, assign, escalate, note, photo, resolve, close, reopen, review) are
+checked against the case's state and version in one transaction: two operators acting on one
+case at once get one success and one clear refusal, never a lost step. Each step is a row of
+`case_events` (who, when, what), which the console publishes on `P/case/{district}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from console.areas import TIER_RANK, Area, may_act, next_tier, sees
+from console.auth import User, now_ms
+from console.db import Database, insert_ignore, upsert
+from console.schema import alerts, case_events, cases, sensor_levels, sensors
+from edge_agent.contract import Alert, domain_of
+from edge_agent.contract.kinds import TIER_MIN_LEVEL, TIERS
+from edge_agent.errors import LifelineError
+
+#: Rules that say the sensor (or its link, or the agent's store) is broken, not the world.
+FAULT_RULES: Final = frozenset({"gap", "flatline", "spike", "range", "drift", "outbox"})
+STATES: Final = ("new", "acknowledged", "dispatched", "resolved", "closed")
+#: Steps an operator can take, and the text each needs.
+ACTIONS: Final = ("acknowledge", "assign", "escalate", "note", "photo", "resolve", "close",
+                  "reopen", "review")
+#: Steps only a supervisor may take.
+SUPERVISOR_ACTIONS: Final = frozenset({"reopen", "review"})
+MAX_REF_CHARS: Final = 500
+SYSTEM: Final = "system"
+
+
+class CaseError(LifelineError):
+    """A case step that cannot be done; `status` is the HTTP status it maps to."""
+
+    status = 400
+
+
+class CaseNotFound(CaseError):
+    status = 404
+
+
+class CaseForbidden(CaseError):
+    status = 403
+
+
+class CaseConflict(CaseError):
+    """The case is not in a state that allows the step (or changed since the form was loaded)."""
+
+    status = 409
+
+
+class CaseInvalid(CaseError):
+    status = 422
+
+
+def is_fault(alert: Alert) -> bool:
+    """Whether an alert is a sensor fault (maintenance list) rather than an event."""
+    return alert.rule in FAULT_RULES or bool(alert.extra and alert.extra.get("fault") is True)
+
+
+def _open_key(sensor: str, rule: str) -> str:
+    return f"{sensor} {rule}"
+
+
+def case_view(row: Any) -> dict[str, Any]:
+    """A case row as the JSON the board and the API send."""
+    out = dict(row._mapping)
+    out.pop("open_key", None)
+    out["alert_cleared"] = bool(out["alert_cleared"])
+    value = out.get("value")
+    if isinstance(value, float) and not math.isfinite(value):
+        out["value"] = None  # JSON has no NaN (a `range` fault may carry one)
+    return out
+
+
+@dataclass
+class IngestResult:
+    """What a batch of alerts did: the cases it touched (ids) and how many were new or repeats."""
+
+    case_ids: set[int] = field(default_factory=set)
+    new_cases: int = 0
+    duplicates: int = 0
+    alerts: int = 0
+
+
+def visible(area: Area) -> ColumnElement[bool]:
+    """SQL condition: the case lies in `area` and its level or escalation reaches the area's tier."""
+    rank = TIER_RANK[area.tier]
+    tier_ok = or_(cases.c.max_level >= TIER_MIN_LEVEL[area.tier], cases.c.tier.in_(TIERS[rank:]))
+    conds: list[ColumnElement[bool]] = [tier_ok]
+    if area.district:
+        conds.append(cases.c.district == area.district)
+    if area.township:
+        conds.append(cases.c.township == area.township)
+    return and_(*conds)
+
+
+#: Board order: alerts still active first, then by level (highest first), then oldest first.
+BOARD_ORDER = (cases.c.alert_cleared.asc(), cases.c.level.desc(), cases.c.opened_at.asc(), cases.c.id.asc())
+
+
+class CaseStore:
+    """Cases, their alerts and events in the database; every method is one transaction."""
+
+    def __init__(self, db: Database, *, origin: str, ack_seconds: Sequence[float],
+                 max_text_chars: int = 4000) -> None:
+        self.db = db
+        self.origin = origin
+        self.ack_ms = [int(s * 1000) for s in ack_seconds]
+        self.max_text = max_text_chars
+
+    def _deadline(self, start_ms: int, level: int) -> int:
+        return start_ms + self.ack_ms[min(max(level, 1), 4) - 1]
+
+    # ------------------------------------------------------------------ alerts in
+
+    def ingest(self, batch: Iterable[Alert], received_ms: int | None = None) -> IngestResult:
+        """Apply alerts (in arrival order) in one transaction."""
+        now = received_ms if received_ms is not None else now_ms()
+        result = IngestResult()
+        with self.db.write() as conn:
+            for alert in batch:
+                result.alerts += 1
+                self._ingest_one(conn, alert, now, result)
+        return result
+
+    def _ingest_one(self, conn: Connection, a: Alert, now: int, result: IngestResult) -> None:
+        extra = json.dumps(a.extra, default=str)[:4000] if a.extra else None
+        row = {"id": a.id, "case_id": None, "agent": a.agent, "sensor": a.sensor, "rule": a.rule,
+               "district": a.district, "township": a.township, "level": a.level, "prev": a.prev,
+               "value": a.value, "limit": a.limit, "ts": a.ts, "seq": a.seq, "received_at": now,
+               "extra": extra}
+        if not insert_ignore(conn, alerts, [row]):
+            result.duplicates += 1
+            known = conn.execute(select(alerts.c.case_id).where(alerts.c.id == a.id)).scalar()
+            if known is not None:
+                result.case_ids.add(int(known))  # another instance may have applied it: show it
+            return
+        upsert(conn, sensors, [{"sensor": a.sensor, "kind": a.kind, "site": a.site, "township": a.township,
+                                "district": a.district, "agent": a.agent, "updated_at": now}], ["sensor"])
+        current = conn.execute(select(sensor_levels.c.ts).where(
+            sensor_levels.c.sensor == a.sensor, sensor_levels.c.rule == a.rule)).scalar()
+        if current is None or a.ts >= current:
+            upsert(conn, sensor_levels, [{"sensor": a.sensor, "rule": a.rule, "level": a.level,
+                                          "value": a.value, "limit": a.limit, "ts": a.ts}], ["sensor", "rule"])
+        key = _open_key(a.sensor, a.rule)
+        case_row = conn.execute(select(cases).where(cases.c.open_key == key)).first()
+        if case_row is None and a.level > 0:
+            case_row = self._open_case(conn, a, key, now, result)
+        if case_row is None:  # a clear with no open case: note it on the last closed one
+            last = conn.execute(select(cases.c.id).where(cases.c.sensor == a.sensor, cases.c.rule == a.rule)
+                                .order_by(cases.c.id.desc()).limit(1)).scalar()
+            if last is not None:
+                conn.execute(update(cases).where(cases.c.id == last, cases.c.alert_cleared.is_(False))
+                             .values(alert_cleared=True, cleared_at=now, level=0))
+                self._event(conn, last, now, SYSTEM, "cleared", {"alert": a.id, "value": a.value, "after_close": True})
+                conn.execute(update(alerts).where(alerts.c.id == a.id).values(case_id=last))
+                result.case_ids.add(last)
+            return
+        case_id = int(case_row.id)
+        conn.execute(update(alerts).where(alerts.c.id == a.id).values(case_id=case_id))
+        result.case_ids.add(case_id)
+        if case_row.first_alert == a.id:
+            return  # just opened by this alert
+        detail = {"alert": a.id, "level": a.level, "prev": a.prev, "value": a.value, "limit": a.limit}
+        if a.ts < case_row.last_ts:  # an older alert arriving late: history only
+            self._event(conn, case_id, now, SYSTEM, "late_alert", detail)
+            return
+        values: dict[str, Any] = {"level": a.level, "value": a.value, "last_ts": a.ts, "updated_at": now}
+        if a.limit is not None:
+            values["limit"] = a.limit
+        if a.level == 0:
+            values.update(alert_cleared=True, cleared_at=now)
+            action = "cleared"
+        else:
+            values.update(alert_cleared=False, cleared_at=None)
+            action = "level"
+        if a.level > case_row.max_level:
+            values["max_level"] = a.level
+            if case_row.state == "new" and case_row.deadline_at is not None:
+                start = case_row.escalated_at or case_row.opened_at
+                values["deadline_at"] = min(case_row.deadline_at, self._deadline(start, a.level))
+        conn.execute(update(cases).where(cases.c.id == case_id).values(**values))
+        self._event(conn, case_id, now, SYSTEM, action, detail)
+
+    def _open_case(self, conn: Connection, a: Alert, key: str, now: int, result: IngestResult) -> Any:
+        values = {
+            "open_key": key, "sensor": a.sensor, "rule": a.rule, "kind": a.kind, "domain": domain_of(a.kind),
+            "agent": a.agent, "site": a.site, "township": a.township, "district": a.district,
+            "category": "fault" if is_fault(a) else "event", "state": "new", "level": a.level,
+            "max_level": a.level, "value": a.value, "limit": a.limit, "first_alert": a.id,
+            "raised_ts": a.ts, "opened_at": now, "last_ts": a.ts, "updated_at": now, "alert_cleared": False,
+            "tier": "township", "deadline_at": self._deadline(now, a.level), "version": 1,
+        }
+        if insert_ignore(conn, cases, [values]):
+            row = conn.execute(select(cases).where(cases.c.open_key == key)).first()
+            self._event(conn, int(row.id), now, SYSTEM, "raised",
+                        {"alert": a.id, "level": a.level, "value": a.value, "limit": a.limit, "ts": a.ts})
+            result.new_cases += 1
+            return row
+        # another console instance opened it a moment ago: apply the alert to that case
+        return conn.execute(select(cases).where(cases.c.open_key == key)).first()
+
+    def _event(self, conn: Connection, case_id: int, at: int, actor: str, action: str,
+               detail: dict[str, Any]) -> None:
+        conn.execute(insert(case_events).values(case_id=case_id, at=at, actor=actor, action=action,
+                                                detail=json.dumps(detail, default=str), origin=self.origin,
+                                                published=False))
+
+    # ------------------------------------------------------------------ operator steps
+
+    def act(self, user: User, case_id: int, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Do one step on a case for `user`; returns the case after it. CaseError says why not."""
+        if action not in ACTIONS:
+            raise CaseInvalid(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+        if not may_act(user.role):
+            raise CaseForbidden(f"{user.username} is a {user.role}: viewers cannot change cases")
+        if action in SUPERVISOR_ACTIONS and user.role != "supervisor":
+            raise CaseForbidden(f"only a supervisor may {action} a case")
+        texts = self._texts(action, params)
+        now = now_ms()
+        with self.db.write() as conn:
+            query = select(cases).where(cases.c.id == case_id)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None or not _sees(user.area, row):
+                raise CaseNotFound(f"case {case_id} does not exist or is outside your area ({user.area})")
+            self._check_version(row, params)
+            values, detail = self._step(row, user, action, texts, now)
+            if values:
+                values.update(version=row.version + 1, updated_at=now)
+                conn.execute(update(cases).where(cases.c.id == case_id).values(**values))
+            self._event(conn, case_id, now, user.username, action, detail)
+            out = conn.execute(select(cases).where(cases.c.id == case_id)).first()
+        return case_view(out)
+
+    def _texts(self, action: str, params: dict[str, Any]) -> dict[str, str]:
+        """The text fields the step needs, checked for presence and length."""
+        need = {"assign": ("crew",), "escalate": ("reason",), "note": ("text",), "photo": ("ref",),
+                "resolve": ("report",), "close": ("cause",), "reopen": ("reason",), "review": ("text",)}
+        optional = {"assign": ("text",), "close": ("text",), "acknowledge": ("text",)}
+        out: dict[str, str] = {}
+        for key in (*need.get(action, ()), *optional.get(action, ())):
+            raw = params.get(key)
+            if raw is None or (isinstance(raw, str) and not raw.strip()):
+                if key in need.get(action, ()):
+                    raise CaseInvalid(f"{action}: '{key}' is required")
+                continue
+            if not isinstance(raw, str):
+                raise CaseInvalid(f"{action}: '{key}' must be text")
+            value = raw.strip()
+            limit = MAX_REF_CHARS if key == "ref" else 200 if key == "crew" else self.max_text
+            if len(value) > limit:
+                raise CaseInvalid(f"{action}: '{key}' is {len(value)} characters long; at most {limit} "
+                                  f"are accepted (nothing was saved; shorten it and send it again)")
+            if key == "ref" and any(ord(c) < 32 for c in value):
+                raise CaseInvalid("photo: 'ref' must be one line (a file name, an id or a URL)")
+            out[key] = value
+        return out
+
+    @staticmethod
+    def _check_version(row: Any, params: dict[str, Any]) -> None:
+        seen = params.get("version")
+        if seen is None or seen == "":
+            return
+        try:
+            version = int(seen)
+        except (TypeError, ValueError):
+            raise CaseInvalid(f"'version' must be an integer, got {seen!r}") from None
+        if version != row.version:
+            who = row.closed_by or row.ack_by or "another operator"
+            raise CaseConflict(f"case {row.id} was changed meanwhile (now {row.state}, last by {who}); "
+                               "it has been reloaded: check it and try again")
+
+    def _step(self, row: Any, user: User, action: str, t: dict[str, str], now: int
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The column changes and event detail of a step, or CaseConflict if the state forbids it."""
+        state = row.state
+        if state == "closed" and action not in ("reopen", "review"):
+            raise CaseConflict(f"case {row.id} is closed (by {row.closed_by}); "
+                               + ("a supervisor can reopen it" if action != "close" else "it cannot be closed again"))
+        detail: dict[str, Any] = {k: v for k, v in t.items()}
+        if action == "acknowledge":
+            if state != "new":
+                raise CaseConflict(f"case {row.id} is already acknowledged (by {row.ack_by})")
+            return {"state": "acknowledged", "ack_by": user.username, "ack_at": now, "deadline_at": None}, detail
+        if action == "assign":
+            if state == "resolved":
+                raise CaseConflict(f"case {row.id} is resolved: close it, or add a note")
+            values: dict[str, Any] = {"state": "dispatched", "crew": t["crew"], "assigned_at": now}
+            if state == "new":
+                values.update(ack_by=user.username, ack_at=now, deadline_at=None)
+                detail["acknowledged"] = True
+            if row.crew:
+                detail["previous_crew"] = row.crew
+            return values, detail
+        if action == "escalate":
+            target = next_tier(row.tier)
+            if target is None:
+                raise CaseConflict(f"case {row.id} is already with the city: there is no higher tier")
+            values = {"tier": target, "escalated_at": now}
+            if state == "new":
+                values["deadline_at"] = self._deadline(now, row.max_level) if next_tier(target) else None
+            detail.update({"from": row.tier, "to": target})
+            return values, detail
+        if action in ("note", "photo"):
+            return {}, detail
+        if action == "resolve":
+            if state not in ("acknowledged", "dispatched"):
+                raise CaseConflict(f"case {row.id} is {state}: only an acknowledged or dispatched case "
+                                   "can be reported resolved")
+            return {"state": "resolved", "resolved_at": now}, detail
+        if action == "close":
+            if not row.alert_cleared:
+                detail["sensor_still_active"] = row.level
+            return {"state": "closed", "closed_by": user.username, "closed_at": now, "cause": t["cause"],
+                    "open_key": None, "deadline_at": None,
+                    "ack_by": row.ack_by or user.username, "ack_at": row.ack_at or now}, detail
+        if action == "reopen":
+            if state != "closed":
+                raise CaseConflict(f"case {row.id} is not closed")
+            return {"state": "acknowledged", "open_key": _open_key(row.sensor, row.rule), "closed_by": None,
+                    "closed_at": None, "cause": None, "reviewed_by": None, "reviewed_at": None}, detail
+        # review
+        if state != "closed":
+            raise CaseConflict(f"case {row.id} is {state}: only a closed case can be reviewed")
+        if row.reviewed_by:
+            raise CaseConflict(f"case {row.id} was already reviewed (by {row.reviewed_by})")
+        return {"reviewed_by": user.username, "reviewed_at": now}, detail
+
+    # ------------------------------------------------------------------ escalation by timer
+
+    def escalate_overdue(self, now: int | None = None) -> list[int]:
+        """Escalate every unacknowledged case past its deadline one tier; returns their ids."""
+        now = now if now is not None else now_ms()
+        done: list[int] = []
+        with self.db.write() as conn:
+            rows = conn.execute(select(cases).where(cases.c.deadline_at <= now, cases.c.state == "new")
+                                .order_by(cases.c.deadline_at).limit(1000)).all()
+            for row in rows:
+                target = next_tier(row.tier)
+                if target is None:
+                    conn.execute(update(cases).where(cases.c.id == row.id).values(deadline_at=None))
+                    continue
+                minutes = self.ack_ms[min(max(row.max_level, 1), 4) - 1] / 60_000
+                changed = conn.execute(
+                    update(cases).where(cases.c.id == row.id, cases.c.version == row.version,
+                                        cases.c.state == "new")
+                    .values(tier=target, escalated_at=now, version=row.version + 1, updated_at=now,
+                            deadline_at=self._deadline(now, row.max_level) if next_tier(target) else None)
+                ).rowcount
+                if changed:
+                    self._event(conn, row.id, now, SYSTEM, "escalate",
+                                {"from": row.tier, "to": target, "auto": True,
+                                 "reason": f"not acknowledged within {minutes:g} min"})
+                    done.append(int(row.id))
+        return done
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, user: User, case_id: int) -> dict[str, Any]:
+        """One case with its events and alerts, if `user` sees it."""
+        with self.db.read() as conn:
+            row = conn.execute(select(cases).where(cases.c.id == case_id)).first()
+            if row is None or not _sees(user.area, row):
+                raise CaseNotFound(f"case {case_id} does not exist or is outside your area ({user.area})")
+            events = conn.execute(select(case_events).where(case_events.c.case_id == case_id)
+                                  .order_by(case_events.c.id)).all()
+            case_alerts = conn.execute(select(alerts).where(alerts.c.case_id == case_id)
+                                       .order_by(alerts.c.ts, alerts.c.received_at).limit(500)).all()
+        out = case_view(row)
+        out["events"] = [event_view(e) for e in events]
+        out["alerts"] = [_alert_view(a) for a in case_alerts]
+        out["review"] = review(out)
+        return out
+
+    def rows(self, ids: Iterable[int]) -> list[Any]:
+        """Case rows by id (for the live feed, which checks each subscriber's area)."""
+        wanted = sorted(set(ids))
+        out: list[Any] = []
+        with self.db.read() as conn:
+            for i in range(0, len(wanted), 500):
+                out.extend(conn.execute(select(cases).where(cases.c.id.in_(wanted[i:i + 500]))).all())
+        return out
+
+    def board(self, user: User, *, category: str = "event", state: str = "open", limit: int = 300,
+              district: str = "", township: str = "", level: int = 0, domain: str = "",
+              query: str = "") -> dict[str, Any]:
+        """The board: the user's cases in board order, at most `limit`, with the total."""
+        conds: list[ColumnElement[bool]] = [visible(user.area), cases.c.category == category]
+        if state == "open":
+            conds.append(cases.c.state != "closed")
+        elif state == "closed":
+            conds.append(cases.c.state == "closed")
+        elif state in STATES:
+            conds.append(cases.c.state == state)
+        if district:
+            conds.append(cases.c.district == district)
+        if township:
+            conds.append(cases.c.township == township)
+        if level:
+            conds.append(cases.c.level >= level)
+        if domain:
+            conds.append(cases.c.domain == domain)
+        if query:
+            like = f"%{query}%"
+            conds.append(or_(cases.c.sensor.like(like), cases.c.site.like(like), cases.c.kind.like(like)))
+        where = and_(*conds)
+        order = (cases.c.closed_at.desc(),) if state == "closed" else BOARD_ORDER
+        with self.db.read() as conn:
+            total = conn.execute(select(func.count()).select_from(cases).where(where)).scalar() or 0
+            rows = conn.execute(select(cases).where(where).order_by(*order).limit(limit)).all()
+        return {"total": int(total), "cases": [case_view(r) for r in rows]}
+
+    def counts(self, user: User) -> dict[str, Any]:
+        """Open cases of the user's area by category, level and state; for the board's header."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(cases.c.category, cases.c.level, cases.c.state, cases.c.domain, func.count())
+                .where(visible(user.area), cases.c.state != "closed")
+                .group_by(cases.c.category, cases.c.level, cases.c.state, cases.c.domain)).all()
+        out: dict[str, Any] = {"event": 0, "fault": 0, "new": 0, "by_level": {str(i): 0 for i in range(5)},
+                               "by_domain": {}}
+        for category, level, state, domain, n in rows:
+            out[category] = out.get(category, 0) + n
+            if state == "new":
+                out["new"] += n
+            if category == "event":
+                out["by_level"][str(level)] = out["by_level"].get(str(level), 0) + n
+                per = out["by_domain"].setdefault(domain, {str(i): 0 for i in range(5)})
+                per[str(level)] += n
+        return out
+
+    def cockpit(self, user: User, now: int | None = None) -> dict[str, Any]:
+        """Counts by domain and level, alerts raised per hour over 24 h, the longest-open cases."""
+        now = now if now is not None else now_ms()
+        start = (now // 3_600_000 - 23) * 3_600_000
+        area = user.area
+        raised = and_(alerts.c.received_at >= start, alerts.c.level > alerts.c.prev,
+                      alerts.c.level >= area.min_level)
+        if area.district:
+            raised = and_(raised, alerts.c.district == area.district)
+        if area.township:
+            raised = and_(raised, alerts.c.township == area.township)
+        hour = (alerts.c.received_at - start) / 3_600_000
+        with self.db.read() as conn:
+            per_hour = conn.execute(select(func.floor(hour).label("h"), alerts.c.level, func.count())
+                                    .where(raised).group_by("h", alerts.c.level)).all()
+            oldest = conn.execute(select(cases).where(visible(area), cases.c.state != "closed",
+                                                      cases.c.category == "event")
+                                  .order_by(cases.c.opened_at.asc()).limit(10)).all()
+            closed_today = conn.execute(select(func.count()).select_from(cases).where(
+                visible(area), cases.c.closed_at >= now - 86_400_000)).scalar() or 0
+        hours = [{"start": start + h * 3_600_000, "by_level": {str(i): 0 for i in range(1, 5)}} for h in range(24)]
+        for h, level, n in per_hour:
+            index = int(h)
+            if 0 <= index < 24 and 1 <= level <= 4:
+                hours[index]["by_level"][str(level)] += n
+        return {"counts": self.counts(user), "hours": hours, "oldest": [case_view(r) for r in oldest],
+                "closed_24h": int(closed_today)}
+
+    def sensor_state(self, user: User, sensor: str) -> dict[str, Any]:
+        """What the console knows of a sensor: place, current level per rule, its cases."""
+        with self.db.read() as conn:
+            meta = conn.execute(select(sensors).where(sensors.c.sensor == sensor)).first()
+            if meta is None or not user.area.contains(meta.district, meta.township):
+                raise CaseNotFound(f"sensor {sensor} is unknown to the console or outside your area ({user.area})")
+            levels = conn.execute(select(sensor_levels).where(sensor_levels.c.sensor == sensor)
+                                  .order_by(sensor_levels.c.rule)).all()
+            recent = conn.execute(select(cases).where(cases.c.sensor == sensor, visible(user.area))
+                                  .order_by(cases.c.id.desc()).limit(20)).all()
+            limits = conn.execute(select(alerts.c.rule, alerts.c.level, alerts.c.limit)
+                                  .where(alerts.c.sensor == sensor, alerts.c.limit.is_not(None),
+                                         alerts.c.level > alerts.c.prev)
+                                  .group_by(alerts.c.rule, alerts.c.level, alerts.c.limit)).all()
+        return {"sensor": dict(meta._mapping),
+                "levels": [dict(r._mapping) for r in levels],
+                "cases": [case_view(r) for r in recent],
+                "seen_limits": [{"rule": r.rule, "level": r.level, "limit": r.limit} for r in limits]}
+
+    def site_levels(self, user: User) -> dict[str, dict[str, Any]]:
+        """Per site of the user's area: highest open level, open case count, district, township."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(cases.c.site, cases.c.district, cases.c.township, func.max(cases.c.level),
+                       func.count(), func.sum(case((cases.c.category == "fault", 1), else_=0)))
+                .where(visible(user.area), cases.c.state != "closed")
+                .group_by(cases.c.site, cases.c.district, cases.c.township)).all()
+            known = conn.execute(select(sensors.c.site, sensors.c.district, sensors.c.township)
+                                 .distinct()).all()
+        out: dict[str, dict[str, Any]] = {}
+        for site, district, township in known:
+            if user.area.contains(district, township):
+                out[site] = {"site": site, "district": district, "township": township, "level": 0,
+                             "open": 0, "faults": 0}
+        for site, district, township, level, n, faults in rows:
+            out[site] = {"site": site, "district": district, "township": township, "level": int(level or 0),
+                         "open": int(n), "faults": int(faults or 0)}
+        return out
+
+    # ------------------------------------------------------------------ publishing
+
+    def unpublished(self, limit: int = 500) -> list[tuple[Any, Any]]:
+        """This instance's events not yet published, oldest first, with their case rows."""
+        with self.db.read() as conn:
+            return list(conn.execute(
+                select(case_events, cases.c.district, cases.c.township, cases.c.site, cases.c.sensor,
+                       cases.c.rule, cases.c.kind, cases.c.state, cases.c.level, cases.c.tier,
+                       cases.c.category, cases.c.version)
+                .join(cases, cases.c.id == case_events.c.case_id)
+                .where(case_events.c.origin == self.origin, case_events.c.published.is_(False))
+                .order_by(case_events.c.id).limit(limit)).all())
+
+    def mark_published(self, event_ids: Sequence[int]) -> None:
+        if event_ids:
+            with self.db.write() as conn:
+                conn.execute(update(case_events).where(case_events.c.id.in_(list(event_ids)))
+                             .values(published=True))
+
+
+def _sees(area: Area, row: Any) -> bool:
+    return sees(area, row.district, row.township, row.max_level, row.tier)
+
+
+def event_view(row: Any) -> dict[str, Any]:
+    out = dict(row._mapping)
+    out["detail"] = json.loads(out["detail"]) if out.get("detail") else {}
+    out.pop("published", None)
+    return out
+
+
+def _alert_view(row: Any) -> dict[str, Any]:
+    out = dict(row._mapping)
+    out["extra"] = json.loads(out["extra"]) if out.get("extra") else None
+    if isinstance(out.get("value"), float) and not math.isfinite(out["value"]):
+        out["value"] = None
+    return out
+
+
+def review(case_row: dict[str, Any]) -> dict[str, Any]:
+    """How long each step took (ms): to acknowledge, to dispatch, to resolve, to close, in all."""
+    opened = case_row["opened_at"]
+
+    def since(key: str) -> int | None:
+        at = case_row.get(key)
+        return at - opened if at is not None else None
+
+    return {"to_acknowledge": since("ack_at"), "to_dispatch": since("assigned_at"),
+            "to_resolve": since("resolved_at"), "to_close": since("closed_at"),
+            "alert_active": (case_row["cleared_at"] - opened) if case_row.get("cleared_at") else None}

@@ -1,0 +1,157 @@
+// The alert board (events) and the maintenance list (sensor faults): first page from the API,
+// then live updates from the feed, rendered at most once per animation frame.
+"use strict";
+(function () {
+  const { api, live, esc, fmtTime, fmtDuration, fmtValue, levelBadge, stateBadge } = window.lifeline;
+  const root = document.querySelector(".board");
+  const category = root.dataset.category;
+  const canAct = root.dataset.role !== "viewer";
+  const rowsEl = document.getElementById("rows");
+  const filters = document.getElementById("filters");
+  let limit = parseInt(root.dataset.rows, 10);
+  let cases = new Map();
+  let total = 0;
+  let serverNow = Date.now();
+  let clockSkew = 0;
+  let pending = false;
+  const arrivals = [];
+  // when each case was first on screen (wall clock): the tests and the benchmark read it
+  const shownAt = window.lifelineShownAt = {};
+
+  function params() {
+    const p = new URLSearchParams({ category, limit: String(limit) });
+    for (const [k, v] of new FormData(filters)) if (v) p.set(k, v);
+    return p;
+  }
+
+  function matches(c) {
+    if (c.category !== category) return false;
+    const f = Object.fromEntries(new FormData(filters));
+    const state = f.state || "open";
+    if (state === "open" ? c.state === "closed" : c.state !== state) return false;
+    if (f.level && +f.level > 0 && c.level < +f.level) return false;
+    if (f.domain && c.domain !== f.domain) return false;
+    if (f.district && c.district !== f.district) return false;
+    if (f.township && c.township !== f.township) return false;
+    if (f.q && !(c.sensor + " " + c.site + " " + c.kind).includes(f.q)) return false;
+    return true;
+  }
+
+  function order(a, b) {
+    if (a.state === "closed" && b.state === "closed") return b.closed_at - a.closed_at;
+    return (a.alert_cleared - b.alert_cleared) || (b.level - a.level) || (a.opened_at - b.opened_at) || (a.id - b.id);
+  }
+
+  function schedule() {
+    if (!pending) { pending = true; requestAnimationFrame(render); }
+  }
+
+  function row(c, now) {
+    const cls = [c.alert_cleared ? "cleared" : "active", c.state === "new" ? "unack" : "", c.fresh ? "fresh" : ""].join(" ");
+    const act = canAct && c.state === "new"
+      ? `<button type="button" class="small" data-ack="${c.id}" data-version="${c.version}">Acknowledge</button>` : "";
+    const esc_ = c.tier !== "township" ? `<span class="tier t-${esc(c.tier)}">${esc(c.tier)}</span>` : esc(c.tier);
+    return `<tr class="${cls}" data-id="${c.id}" data-testid="case-row">` +
+      `<td><a href="/case/${c.id}">${c.id}</a></td>` +
+      `<td>${levelBadge(c.level)}${c.alert_cleared ? ' <span class="muted">cleared</span>' : ""}</td>` +
+      `<td>${stateBadge(c.state)}</td>` +
+      `<td><a href="/sensor/${encodeURIComponent(c.sensor)}">${esc(c.sensor)}</a></td>` +
+      `<td>${esc(c.kind)} · ${esc(c.rule)}</td><td>${esc(c.site)}</td>` +
+      `<td>${esc(c.township)}</td><td>${esc(c.district)}</td>` +
+      `<td class="num">${fmtValue(c.value)}</td><td>${fmtTime(c.opened_at)}</td>` +
+      `<td>${fmtDuration((c.closed_at || now) - c.opened_at)}</td><td>${esc_}</td><td>${act}</td></tr>`;
+  }
+
+  function render() {
+    pending = false;
+    const now = Date.now() - clockSkew;
+    const shown = [...cases.values()].sort(order).slice(0, limit);
+    const stamp = Date.now();
+    for (const c of shown) if (!(c.id in shownAt)) shownAt[c.id] = stamp;
+    rowsEl.innerHTML = shown.length ? shown.map((c) => row(c, now)).join("")
+      : `<tr><td colspan="13" class="muted empty">no ${category === "fault" ? "sensor faults" : "alerts"} here</td></tr>`;
+    const all = Math.max(total, shown.length);
+    document.getElementById("shown").textContent = `${shown.length} of ${all} shown`;
+    document.getElementById("more").hidden = all <= shown.length;
+  }
+
+  function renderCounts(counts) {
+    if (!counts) return;
+    const el = document.getElementById("counts");
+    if (category === "fault") {
+      el.innerHTML = `<span class="count" data-testid="open-count">${counts.fault} open sensor faults</span>`;
+      return;
+    }
+    const levels = [4, 3, 2, 1].map((l) => `<span class="count lvl l${l}">${counts.by_level[l] || 0}</span>`).join("");
+    el.innerHTML = `<span class="count" data-testid="open-count">${counts.event} open</span>` +
+      `<span class="count unack">${counts.new} not acknowledged</span>${levels}`;
+    const state = new FormData(filters).get("state") || "open";
+    if (state === "open") total = counts[category];
+  }
+
+  async function load() {
+    const data = await api("/api/board?" + params());
+    serverNow = data.now;
+    clockSkew = Date.now() - serverNow;
+    cases = new Map(data.cases.map((c) => [c.id, c]));
+    total = data.total;
+    renderCounts(data.counts);
+    render();
+  }
+
+  function showArrival(c) {
+    arrivals.unshift(c);
+    arrivals.length = Math.min(arrivals.length, 6);
+    const box = document.getElementById("arrivals");
+    box.hidden = false;
+    document.getElementById("arrivals-list").innerHTML = arrivals.map((a) =>
+      `<a class="arrival" href="/case/${a.id}" data-testid="arrival">${levelBadge(a.level)} ${esc(a.sensor)} · ${esc(a.rule)} · ${esc(a.township)}</a>`).join("");
+  }
+
+  live.on("cases", (list) => {
+    for (const c of list) {
+      const known = cases.get(c.id);
+      if (!matches(c)) {
+        if (known) { cases.delete(c.id); total = Math.max(0, total - 1); }
+        continue;
+      }
+      if (!known && c.state === "new" && c.category === category) {
+        c.fresh = true;
+        showArrival(c);
+        setTimeout(() => { c.fresh = false; schedule(); }, 8000);
+        total += 1;
+      }
+      cases.set(c.id, c);
+    }
+    schedule();
+  });
+  live.on("counts", renderCounts);
+  live.on("resync", load);
+  live.on("connected", () => { if (cases.size) load(); });
+
+  rowsEl.addEventListener("click", async (ev) => {
+    const btn = ev.target.closest("button[data-ack]");
+    if (btn) {
+      btn.disabled = true;
+      try {
+        const c = await api(`/api/cases/${btn.dataset.ack}/acknowledge`, { version: +btn.dataset.version });
+        cases.set(c.id, c);
+        schedule();
+      } catch (err) {
+        btn.disabled = false;
+        alert(err.message);
+      }
+      return;
+    }
+    const tr = ev.target.closest("tr[data-id]");
+    if (tr && !ev.target.closest("a")) location.href = `/case/${tr.dataset.id}`;
+  });
+  document.getElementById("more-btn").addEventListener("click", () => { limit += parseInt(root.dataset.rows, 10); load(); });
+  let debounce = null;
+  filters.addEventListener("input", () => { clearTimeout(debounce); debounce = setTimeout(load, 200); });
+  filters.addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
+  setInterval(schedule, 10000); // ages move on
+
+  live.start();
+  load().catch((err) => { rowsEl.innerHTML = `<tr><td colspan="13" class="error">${esc(err.message)}</td></tr>`; });
+})();
