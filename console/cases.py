@@ -446,17 +446,18 @@ class CaseStore:
         return out
 
     def cockpit(self, user: User, now: int | None = None) -> dict[str, Any]:
-        """Counts by domain and level, alerts raised per hour over 24 h, the longest-open cases."""
+        """Counts by domain and level, alerts raised per hour (of their sample time) over 24 h, the
+        longest-open cases."""
         now = now if now is not None else now_ms()
         start = (now // 3_600_000 - 23) * 3_600_000
         area = user.area
-        raised = and_(alerts.c.received_at >= start, alerts.c.level > alerts.c.prev,
-                      alerts.c.level >= area.min_level)
+        raised = and_(alerts.c.ts >= start, alerts.c.ts < start + 24 * 3_600_000,
+                      alerts.c.level > alerts.c.prev, alerts.c.level >= area.min_level)
         if area.district:
             raised = and_(raised, alerts.c.district == area.district)
         if area.township:
             raised = and_(raised, alerts.c.township == area.township)
-        hour = (alerts.c.received_at - start) / 3_600_000
+        hour = (alerts.c.ts - start) / 3_600_000
         with self.db.read() as conn:
             per_hour = conn.execute(select(func.floor(hour).label("h"), alerts.c.level, func.count())
                                     .where(raised).group_by("h", alerts.c.level)).all()

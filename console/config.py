@@ -177,6 +177,10 @@ class SiteSettings(ConfigSection):
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
     name: str = ""
+    #: Where the site belongs, so district and township users see it on their map before any
+    #: alert of it arrives (without them only the city sees it until then).
+    district: str = ""
+    township: str = ""
 
 
 class SitesFile(ConfigSection):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from console.config import ConsoleSection, load_sites
+from console.config import ConsoleSection, SiteSettings, load_sites
 from edge_agent.contract import Status
 from edge_agent.errors import ConfigError
 
@@ -58,10 +58,12 @@ def _coords(value: Any) -> tuple[float, float] | None:
 class Places:
     """Agents, sites and boundaries; updated from the MQTT task, read by web requests."""
 
-    file_sites: dict[str, tuple[float, float, str]] = field(default_factory=dict)
+    #: site -> SiteSettings of the sites file.
+    file_sites: dict[str, SiteSettings] = field(default_factory=dict)
     boundaries: dict[str, Any] | None = None
     agents: dict[str, AgentInfo] = field(default_factory=dict)
-    status_sites: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: site -> (lat, lon, district, township) from the agents' statuses.
+    status_sites: dict[str, tuple[float, float, str, str]] = field(default_factory=dict)
     #: sensor -> {"high": [...], "low": [...]} from the agents' statuses.
     limits: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,7 +72,7 @@ class Places:
     def from_config(cls, section: ConsoleSection) -> Places:
         places = cls()
         if section.sites_file is not None:
-            places.file_sites = {s.id: (s.lat, s.lon, s.name) for s in load_sites(section.sites_file).values()}
+            places.file_sites = load_sites(section.sites_file)
         if section.boundaries_file is not None:
             places.boundaries = load_boundaries(section.boundaries_file)
         return places
@@ -94,7 +96,7 @@ class Places:
                 for site, value in sites.items():
                     coords = _coords(value)
                     if isinstance(site, str) and coords is not None:
-                        self.status_sites[site] = coords
+                        self.status_sites[site] = (*coords, info.district, info.township)
             limits = extra.get("limits")
             if isinstance(limits, dict):
                 for sensor, rules in limits.items():
@@ -112,13 +114,23 @@ class Places:
         """Coordinates of a site: the sites file first (the centre's word), else an agent's status."""
         with self.lock:
             if site in self.file_sites:
-                lat, lon, _ = self.file_sites[site]
-                return lat, lon
-            return self.status_sites.get(site)
+                entry = self.file_sites[site]
+                return entry.lat, entry.lon
+            known = self.status_sites.get(site)
+            return (known[0], known[1]) if known else None
 
     def site_name(self, site: str) -> str:
         entry = self.file_sites.get(site)
-        return entry[2] if entry and entry[2] else ""
+        return entry.name if entry else ""
+
+    def all_sites(self) -> dict[str, tuple[str, str]]:
+        """Every site with coordinates: site -> (district, township), '' where not known."""
+        with self.lock:
+            out = {site: (d, t) for site, (_, _, d, t) in self.status_sites.items()}
+            for site, entry in self.file_sites.items():
+                if entry.district or site not in out:
+                    out[site] = (entry.district, entry.township)
+        return out
 
     def agent_views(self, district: str = "", township: str = "") -> list[dict[str, Any]]:
         """Agents of an area (all for the city; agents with no district only for the city)."""

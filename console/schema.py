@@ -98,6 +98,7 @@ alerts = Table(
     Index("ix_alerts_received", "received_at"),
     Index("ix_alerts_case", "case_id"),
     Index("ix_alerts_sensor", "sensor", "ts"),
+    Index("ix_alerts_ts", "ts"),
 )
 
 #: The life of a case, step by step: who did what when (also published on `P/case/{district}`).

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -119,10 +119,12 @@ def build_app(ctx: Context) -> ASGIApp:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     env.globals.update(version=__version__, level_names=LEVEL_NAMES)
 
+    headers = page_headers(ctx.config.console.tile_url)
+
     def render(name: str, request: Request, session: Session | None, **values: Any) -> HTMLResponse:
         page = env.get_template(name).render(request=request, session=session,
                                              user=session.user if session else None, **values)
-        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(page, headers=headers)
 
     async def session_of(request: Request) -> Session | None:
         return await run_in_threadpool(ctx.accounts.session, request.cookies.get(COOKIE))
@@ -300,6 +302,11 @@ def build_app(ctx: Context) -> ASGIApp:
 
     async def map_data(request: Request, session: Session) -> Any:
         levels = await run_in_threadpool(ctx.cases.site_levels, session.user)
+        area = session.user.area
+        for site, (district, township) in ctx.places.all_sites().items():
+            if site not in levels and (not area.district or (district and area.contains(district, township))):
+                levels[site] = {"site": site, "district": district, "township": township, "level": 0,
+                                "open": 0, "faults": 0}
         placed, unplaced = [], []
         for site, info in sorted(levels.items()):
             coords = ctx.places.site(site)
@@ -398,6 +405,22 @@ def build_app(ctx: Context) -> ASGIApp:
 
     app.state.set_on_change = set_on_change
     return BodyLimit(app)
+
+
+def page_headers(tile_url: str) -> dict[str, str]:
+    """Headers of every page: scripts only from the console itself (no CDN), no framing."""
+    tiles = ""
+    if tile_url:
+        parts = urlsplit(tile_url.replace("{s}", "a"))
+        tiles = f" {parts.scheme}://{parts.netloc.replace('a.', '*.', 1) if '{s}' in tile_url else parts.netloc}"
+    return {
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": (f"default-src 'self'; script-src 'self'; connect-src 'self'; "
+                                    f"img-src 'self' data:{tiles}; style-src 'self' 'unsafe-inline'; "
+                                    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+    }
 
 
 def _me(session: Session) -> dict[str, Any]:

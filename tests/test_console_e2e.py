@@ -5,12 +5,14 @@ the ops topics; the operators' boards show them live and they work the case to i
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -18,6 +20,8 @@ from benchmarks.bench_e2e import OpsListener
 from console.service import ConsoleService
 from edge_agent.config import MqttSettings
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
+from console.geo import grid_places
+from edge_agent.contract import Summary, summary_topic
 from tests.console_harness import (
     PASSWORD,
     ApiClient,
@@ -58,10 +62,14 @@ class Chain:
 @pytest.fixture(scope="module")
 def chain(broker: MosquittoServer, store: VictoriaMetricsServer, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Chain]:
-    db = tmp_path_factory.mktemp("console") / "console.db"
-    config = console_config(broker.url, store.url, f"sqlite:///{db}", prefix=PREFIX)
+    workdir = tmp_path_factory.mktemp("console")
+    _, boundaries = grid_places("yz", [("jfb", ["site-E1", "site-M1"]), ("ctm", ["site-E2-ctm"])])
+    (workdir / "boundaries.geojson").write_text(json.dumps(boundaries))
+    config = console_config(broker.url, store.url, f"sqlite:///{workdir / 'console.db'}", prefix=PREFIX,
+                            boundaries_file=str(workdir / "boundaries.geojson"))
     publisher = Publisher(broker.port, "console-e2e-agent")
-    topic, payload = agent_status(PREFIX, "agent-1", sites={"site-E1": [29.56, 106.57]})
+    topic, payload = agent_status(PREFIX, "agent-1", sites={"site-E1": [29.56, 106.57], "site-M1": [29.565, 106.575]},
+                                  limits={"M1": {"high": [0.6, 0.7, 0.8, 0.9], "low": []}}, backlog=3, sensors=2)
     publisher.publish(topic, payload, retain=True)
     publisher.wait_all()
     gw = gateway_config(broker.url, store.url, prefix=PREFIX, gateway_id="console-e2e-gw", group="")
@@ -205,3 +213,44 @@ def test_bad_input_gets_a_clear_error_and_loses_nothing(chromium: Browser, chain
     assert a.get(f"/api/cases/{case_id}").json()["crew"] == "crew 1"
     a.close(), b.close()
     wang.context.close()
+
+
+def test_map_sensor_trend_and_cockpit(chromium: Browser, chain: Chain, store: VictoriaMetricsServer) -> None:
+    now = int(time.time() * 1000)
+    chain.raise_alert("M1", level=3, site="site-M1", value=0.85, limit=0.8, ts=now - 60_000)
+    for k in range(6):  # six 1-minute windows of the bridge-like sensor, with a modal frequency
+        t1 = now - (5 - k) * 60_000
+        summary = Summary(agent="agent-1", township="jfb", district="yz", t0=t1 - 60_000, t1=t1, sensor=["M1"],
+                          kind=["pipe.pressure"], site=["site-M1"], n=np.array([60]), min=np.array([0.4 + k / 100]),
+                          max=np.array([0.9]), mean=np.array([0.6]), last=np.array([0.62]),
+                          extra={"f_peak": np.array([2.4 - k / 100])})
+        chain.publisher.publish(summary_topic(PREFIX, "agent-1"), summary.encode())
+    chain.publisher.wait_all()
+
+    def stored_windows() -> int:
+        series = store.export('{__name__="reading_f_peak",sensor="M1"}')
+        return len(series[0].values) if series else 0
+
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while stored_windows() < 6:
+        assert time.monotonic() < deadline, "the gateway did not store the summaries"
+        time.sleep(0.1)  # the store has no change notification: poll it, bounded
+
+    zhao = login(chromium, chain, "zhao", "/sensor/M1")  # level 3: the district sees it
+    expect(zhao.get_by_test_id("levels")).to_contain_text("high", timeout=WAIT_MS)
+    expect(zhao.get_by_test_id("chart")).to_have_attribute("data-points", re.compile(r"^[1-9]\d*$"), timeout=WAIT_MS)
+    expect(zhao.get_by_test_id("windows")).to_contain_text("f_peak")
+    expect(zhao.locator("#chart-note")).to_contain_text("1 alert mark")
+    expect(zhao.locator("#agent")).to_contain_text("online")
+
+    zhao.goto(chain.url + "/map")
+    expect(zhao.get_by_test_id("map")).to_have_attribute("data-sites", re.compile(r"^[1-9]"), timeout=WAIT_MS)
+    expect(zhao.locator("#map-summary")).to_contain_text("with open cases")
+    assert zhao.evaluate("document.querySelectorAll('script[src^=\"http\"]').length") == 0, "no CDN scripts"
+
+    zhao.goto(chain.url + "/cockpit")
+    expect(zhao.get_by_test_id("agents")).to_contain_text("agent-1", timeout=WAIT_MS)
+    expect(zhao.get_by_test_id("agents")).to_contain_text("online")
+    expect(zhao.get_by_test_id("by-domain")).to_contain_text("pipe")
+    expect(zhao.get_by_test_id("oldest")).to_contain_text("M1")
+    zhao.context.close()

@@ -152,6 +152,9 @@
   filters.addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
   setInterval(schedule, 10000); // ages move on
 
+  for (const [k, v] of new URLSearchParams(location.search)) {
+    if (filters.elements[k]) filters.elements[k].value = v; // e.g. the map's "its alerts" link
+  }
   live.start();
   load().catch((err) => { rowsEl.innerHTML = `<tr><td colspan="13" class="error">${esc(err.message)}</td></tr>`; });
 })();
