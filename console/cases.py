@@ -143,7 +143,7 @@ class CaseStore:
                "district": a.district, "township": a.township, "level": a.level, "prev": a.prev,
                "value": a.value, "limit": a.limit, "ts": a.ts, "seq": a.seq, "received_at": now,
                "extra": extra}
-        if not insert_ignore(conn, alerts, [row]):
+        if not insert_ignore(conn, alerts, row):
             result.duplicates += 1
             known = conn.execute(select(alerts.c.case_id).where(alerts.c.id == a.id)).scalar()
             if known is not None:
@@ -205,7 +205,7 @@ class CaseStore:
             "raised_ts": a.ts, "opened_at": now, "last_ts": a.ts, "updated_at": now, "alert_cleared": False,
             "tier": "township", "deadline_at": self._deadline(now, a.level), "version": 1,
         }
-        if insert_ignore(conn, cases, [values]):
+        if insert_ignore(conn, cases, values):
             row = conn.execute(select(cases).where(cases.c.open_key == key)).first()
             self._event(conn, int(row.id), now, SYSTEM, "raised",
                         {"alert": a.id, "level": a.level, "value": a.value, "limit": a.limit, "ts": a.ts})

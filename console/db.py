@@ -167,13 +167,12 @@ def describe(exc: BaseException) -> str:
     return str(exc)
 
 
-def insert_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert rows, skipping those that collide with a unique key; returns how many went in."""
-    if not rows:
-        return 0
+def insert_ignore(conn: Connection, table: Table, row: dict[str, Any]) -> bool:
+    """Insert a row unless it collides with a unique key; True if it went in."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).on_conflict_do_nothing()
-    return int(conn.execute(stmt, list(rows)).rowcount or 0)
+    key = next(iter(table.primary_key.columns))
+    stmt = dialect.insert(table).on_conflict_do_nothing().returning(key)
+    return conn.execute(stmt, row).first() is not None
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> None:

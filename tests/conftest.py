@@ -66,6 +66,15 @@ def pty_pair() -> Iterator[PtyPair]:
 
 
 @pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL cluster for the whole test session (loopback, trust authentication)."""
+    from simulators.servers import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
     """A headless Chromium (the Debian package) driven by Playwright, for the console's browser tests."""
     from playwright.sync_api import sync_playwright

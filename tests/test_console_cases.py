@@ -1,8 +1,10 @@
-"""Cases in the database (SQLite): alerts open and follow cases, de-duplicated; operator steps
+"""Cases in the database (SQLite and PostgreSQL, the same tests on both): alerts open and follow cases, de-duplicated; operator steps
 respect state, version and area; unacknowledged cases escalate by themselves; the board's order."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +21,18 @@ from tests.console_harness import make_alert
 ACK_S = [60.0, 30.0, 20.0, 10.0]
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = open_database(DatabaseSettings(url=f"sqlite:///{tmp_path / 'c.db'}"))
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'c.db'}")
+    else:
+        server = request.getfixturevalue("postgres")
+        settings = DatabaseSettings(url=server.new_database(f"cases_{os.getpid()}_{next(_databases)}"),
+                                    username=server.user)
+    database = open_database(settings)
     migrate(database)
     yield database
     database.dispose()
