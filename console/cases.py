@@ -19,12 +19,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from console.areas import TIER_RANK, Area, may_act, next_tier, sees
 from console.auth import User, now_ms
-from console.db import Database, insert_ignore, upsert
+from console.db import Database
 from console.schema import alerts, case_events, cases, sensor_levels, sensors
 from edge_agent.contract import Alert, domain_of
 from edge_agent.contract.kinds import TIER_MIN_LEVEL, TIERS
@@ -91,6 +92,8 @@ class IngestResult:
     """What a batch of alerts did: the cases it touched (ids) and how many were new or repeats."""
 
     case_ids: set[int] = field(default_factory=set)
+    #: The touched cases as they are after the batch (for the live feed).
+    rows: list[Any] = field(default_factory=list)
     new_cases: int = 0
     duplicates: int = 0
     alerts: int = 0
@@ -121,6 +124,9 @@ class CaseStore:
         self.origin = origin
         self.ack_ms = [int(s * 1000) for s in ack_seconds]
         self.max_text = max_text_chars
+        self._q: _Statements | None = None
+        #: sensor -> (kind, site, township, district, agent) last written, to skip unchanged upserts.
+        self._sensor_meta: dict[str, tuple[str, ...]] = {}
 
     def _deadline(self, start_ms: int, level: int) -> int:
         return start_ms + self.ack_ms[min(max(level, 1), 4) - 1]
@@ -135,29 +141,33 @@ class CaseStore:
             for alert in batch:
                 result.alerts += 1
                 self._ingest_one(conn, alert, now, result)
+            wanted = sorted(result.case_ids)
+            for i in range(0, len(wanted), 500):
+                result.rows.extend(conn.execute(select(cases).where(cases.c.id.in_(wanted[i:i + 500]))).all())
         return result
 
     def _ingest_one(self, conn: Connection, a: Alert, now: int, result: IngestResult) -> None:
+        q = self._statements(conn)
         extra = json.dumps(a.extra, default=str)[:4000] if a.extra else None
         row = {"id": a.id, "case_id": None, "agent": a.agent, "sensor": a.sensor, "rule": a.rule,
                "district": a.district, "township": a.township, "level": a.level, "prev": a.prev,
                "value": a.value, "limit": a.limit, "ts": a.ts, "seq": a.seq, "received_at": now,
                "extra": extra}
-        if not insert_ignore(conn, alerts, row):
+        if conn.execute(q.insert_alert, row).first() is None:
             result.duplicates += 1
-            known = conn.execute(select(alerts.c.case_id).where(alerts.c.id == a.id)).scalar()
+            known = conn.execute(q.case_of_alert, {"aid": a.id}).scalar()
             if known is not None:
                 result.case_ids.add(int(known))  # another instance may have applied it: show it
             return
-        upsert(conn, sensors, [{"sensor": a.sensor, "kind": a.kind, "site": a.site, "township": a.township,
-                                "district": a.district, "agent": a.agent, "updated_at": now}], ["sensor"])
-        current = conn.execute(select(sensor_levels.c.ts).where(
-            sensor_levels.c.sensor == a.sensor, sensor_levels.c.rule == a.rule)).scalar()
-        if current is None or a.ts >= current:
-            upsert(conn, sensor_levels, [{"sensor": a.sensor, "rule": a.rule, "level": a.level,
-                                          "value": a.value, "limit": a.limit, "ts": a.ts}], ["sensor", "rule"])
+        meta = (a.kind, a.site, a.township, a.district, a.agent)
+        if self._sensor_meta.get(a.sensor) != meta:
+            conn.execute(q.upsert_sensor, {"sensor": a.sensor, "kind": a.kind, "site": a.site, "township": a.township,
+                                           "district": a.district, "agent": a.agent, "updated_at": now})
+            self._sensor_meta[a.sensor] = meta
+        conn.execute(q.upsert_level, {"sensor": a.sensor, "rule": a.rule, "level": a.level, "value": a.value,
+                                      "limit": a.limit, "ts": a.ts})
         key = _open_key(a.sensor, a.rule)
-        case_row = conn.execute(select(cases).where(cases.c.open_key == key)).first()
+        case_row = conn.execute(q.open_case, {"key": key}).first()
         if case_row is None and a.level > 0:
             case_row = self._open_case(conn, a, key, now, result)
         if case_row is None:  # a clear with no open case: note it on the last closed one
@@ -167,11 +177,11 @@ class CaseStore:
                 conn.execute(update(cases).where(cases.c.id == last, cases.c.alert_cleared.is_(False))
                              .values(alert_cleared=True, cleared_at=now, level=0))
                 self._event(conn, last, now, SYSTEM, "cleared", {"alert": a.id, "value": a.value, "after_close": True})
-                conn.execute(update(alerts).where(alerts.c.id == a.id).values(case_id=last))
+                conn.execute(q.set_alert_case, {"aid": a.id, "cid": last})
                 result.case_ids.add(last)
             return
         case_id = int(case_row.id)
-        conn.execute(update(alerts).where(alerts.c.id == a.id).values(case_id=case_id))
+        conn.execute(q.set_alert_case, {"aid": a.id, "cid": case_id})
         result.case_ids.add(case_id)
         if case_row.first_alert == a.id:
             return  # just opened by this alert
@@ -179,7 +189,8 @@ class CaseStore:
         if a.ts < case_row.last_ts:  # an older alert arriving late: history only
             self._event(conn, case_id, now, SYSTEM, "late_alert", detail)
             return
-        values: dict[str, Any] = {"level": a.level, "value": a.value, "last_ts": a.ts, "updated_at": now}
+        values: dict[str, Any] = {"cid": case_id, "level": a.level, "value": a.value, "last_ts": a.ts,
+                                  "updated_at": now}
         if a.limit is not None:
             values["limit"] = a.limit
         if a.level == 0:
@@ -193,10 +204,11 @@ class CaseStore:
             if case_row.state == "new" and case_row.deadline_at is not None:
                 start = case_row.escalated_at or case_row.opened_at
                 values["deadline_at"] = min(case_row.deadline_at, self._deadline(start, a.level))
-        conn.execute(update(cases).where(cases.c.id == case_id).values(**values))
+        conn.execute(q.update_case, values)
         self._event(conn, case_id, now, SYSTEM, action, detail)
 
     def _open_case(self, conn: Connection, a: Alert, key: str, now: int, result: IngestResult) -> Any:
+        q = self._statements(conn)
         values = {
             "open_key": key, "sensor": a.sensor, "rule": a.rule, "kind": a.kind, "domain": domain_of(a.kind),
             "agent": a.agent, "site": a.site, "township": a.township, "district": a.district,
@@ -205,20 +217,26 @@ class CaseStore:
             "raised_ts": a.ts, "opened_at": now, "last_ts": a.ts, "updated_at": now, "alert_cleared": False,
             "tier": "township", "deadline_at": self._deadline(now, a.level), "version": 1,
         }
-        if insert_ignore(conn, cases, values):
-            row = conn.execute(select(cases).where(cases.c.open_key == key)).first()
+        row = conn.execute(q.insert_case, values).first()
+        if row is not None:
             self._event(conn, int(row.id), now, SYSTEM, "raised",
                         {"alert": a.id, "level": a.level, "value": a.value, "limit": a.limit, "ts": a.ts})
             result.new_cases += 1
             return row
         # another console instance opened it a moment ago: apply the alert to that case
-        return conn.execute(select(cases).where(cases.c.open_key == key)).first()
+        return conn.execute(q.open_case, {"key": key}).first()
+
+    def _statements(self, conn: Connection) -> _Statements:
+        """The ingest path's statements, built once (building them per alert costs more than running them)."""
+        if self._q is None:
+            self._q = _Statements(conn.dialect.name)
+        return self._q
 
     def _event(self, conn: Connection, case_id: int, at: int, actor: str, action: str,
                detail: dict[str, Any]) -> None:
-        conn.execute(insert(case_events).values(case_id=case_id, at=at, actor=actor, action=action,
-                                                detail=json.dumps(detail, default=str), origin=self.origin,
-                                                published=False))
+        conn.execute(self._statements(conn).insert_event,
+                     {"case_id": case_id, "at": at, "actor": actor, "action": action,
+                      "detail": json.dumps(detail, default=str), "origin": self.origin, "published": False})
 
     # ------------------------------------------------------------------ operator steps
 
@@ -531,6 +549,28 @@ class CaseStore:
             with self.db.write() as conn:
                 conn.execute(update(case_events).where(case_events.c.id.in_(list(event_ids)))
                              .values(published=True))
+
+
+class _Statements:
+    """Prepared statements of the ingest path for one dialect (SQLite or PostgreSQL)."""
+
+    def __init__(self, dialect_name: str) -> None:
+        dialect = postgresql if dialect_name == "postgresql" else sqlite
+        self.insert_alert = dialect.insert(alerts).on_conflict_do_nothing().returning(alerts.c.id)
+        self.case_of_alert = select(alerts.c.case_id).where(alerts.c.id == bindparam("aid"))
+        self.set_alert_case = update(alerts).where(alerts.c.id == bindparam("aid")).values(case_id=bindparam("cid"))
+        up = dialect.insert(sensors)
+        self.upsert_sensor = up.on_conflict_do_update(
+            index_elements=["sensor"], set_={c: up.excluded[c] for c in ("kind", "site", "township", "district",
+                                                                         "agent", "updated_at")})
+        lv = dialect.insert(sensor_levels)
+        self.upsert_level = lv.on_conflict_do_update(  # a late, older alert leaves the newer level
+            index_elements=["sensor", "rule"], set_={c: lv.excluded[c] for c in ("level", "value", "limit", "ts")},
+            where=sensor_levels.c.ts <= lv.excluded.ts)
+        self.open_case = select(cases).where(cases.c.open_key == bindparam("key"))
+        self.insert_case = dialect.insert(cases).on_conflict_do_nothing().returning(*cases.c)
+        self.update_case = update(cases).where(cases.c.id == bindparam("cid"))
+        self.insert_event = insert(case_events)
 
 
 def _sees(area: Area, row: Any) -> bool:

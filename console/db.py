@@ -10,7 +10,7 @@ instances may share it; they migrate one at a time under an advisory lock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +20,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, Table, create_engine, event, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -165,21 +164,3 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, SQLAlchemyError):
         return type(exc).__name__ + (f": {exc.orig}" if getattr(exc, "orig", None) else "")
     return str(exc)
-
-
-def insert_ignore(conn: Connection, table: Table, row: dict[str, Any]) -> bool:
-    """Insert a row unless it collides with a unique key; True if it went in."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    key = next(iter(table.primary_key.columns))
-    stmt = dialect.insert(table).on_conflict_do_nothing().returning(key)
-    return conn.execute(stmt, row).first() is not None
-
-
-def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> None:
-    """Insert rows or, for an existing key, overwrite the other columns."""
-    if not rows:
-        return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table)
-    update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update), list(rows))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -34,6 +35,9 @@ from edge_agent.contract import Status
 log = logging.getLogger("lifeline.console")
 
 INGEST_BATCH: Final = 1000
+#: Alert ids remembered in memory: the copies of one alert on the tiers' topics (and re-sends)
+#: skip the database; the database's own check catches what this forgets.
+RECENT_IDS: Final = 200_000
 #: Alerts taken off the broker but not yet committed (the link waits beyond it).
 INGEST_QUEUE: Final = 5000
 
@@ -68,6 +72,7 @@ class ConsoleService:
         self.ingested = 0
         self.ingest_batches = 0
         self._publish_wake: asyncio.Event | None = None
+        self._recent: OrderedDict[str, None] = OrderedDict()
         self._throttle = LogThrottle(30.0)
 
     @property
@@ -186,10 +191,15 @@ class ConsoleService:
             batch = [await queue.get()]
             while len(batch) < INGEST_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
+            fresh, ids = [], set()
+            for item in batch:
+                if item.alert.id not in self._recent and item.alert.id not in ids:
+                    fresh.append(item.alert)
+                    ids.add(item.alert.id)
             delays = backoff_delays(initial_s=0.2, cap_s=10.0)
             while True:
                 try:
-                    result = await run_in_threadpool(self.cases.ingest, [item.alert for item in batch])
+                    result = await run_in_threadpool(self.cases.ingest, fresh)
                     break
                 except (SQLAlchemyError, OSError) as exc:  # a database outage: keep the batch, retry
                     held = self._throttle.allow("ingest")
@@ -201,9 +211,14 @@ class ConsoleService:
             assert self.link is not None
             for item in batch:
                 self.link.ack(item.mid, item.qos, item.epoch)
+            for alert_id in ids:
+                self._recent[alert_id] = None
+            while len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
             self.ingested += result.alerts - result.duplicates
             self.ingest_batches += 1
-            await self._push_cases(sorted(result.case_ids))
+            if self.hub.subscribers:
+                self.hub.cases(result.rows)
             if self._publish_wake is not None:
                 self._publish_wake.set()
 
