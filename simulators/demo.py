@@ -257,6 +257,13 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
             for path in configs:
                 children.append(start_child(path.stem, ["agent", "--config", str(path)], workdir))
             console.print(f"  started the gateway and {len(configs)} agent(s); logs in {workdir}")
+            from console.demo import start_demo_console
+
+            ops = start_demo_console(workdir / "console", broker_url=broker.url, store_url=store.url,
+                                     prefix=PREFIX, scenario=scenario)
+            stack.callback(ops.stop)
+            console.print(f"  ops console: [bold]{ops.url}[/] log in as " + "; ".join(
+                f"[cyan]{user}[/] / [cyan]{password}[/] ({what})" for user, password, what in ops.users), soft_wrap=True)
 
             def simulate() -> None:
                 def progress(p: Any) -> None:
