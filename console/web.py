@@ -186,6 +186,8 @@ def build_app(ctx: Context) -> ASGIApp:
             return error(429, message) if is_json else render("login.html", request, None, next=nxt, message=message)
         result = await run_in_threadpool(ctx.accounts.login, username, password) if username else None
         if result is None:
+            if len(ctx.failures) > 10_000:  # names tried at random must not fill memory
+                ctx.failures.clear()
             ctx.failures[username] = [*recent, now]
             await audit(request, username or None, "login", outcome="refused", detail="wrong user name or password")
             message = "wrong user name or password"

@@ -50,3 +50,18 @@ def test_the_command_line_checks_configs_and_manages_users(tmp_path: Path) -> No
     assert result.exit_code == 2 and "area 'a/b/c'" in result.output
     listed = runner.invoke(cli, ["console", "--config", str(good), "user", "list"])
     assert "wang" in listed.output and "yuzhong/jiefangbei" in listed.output
+
+
+def test_the_operations_guide_shows_existing_screenshots() -> None:
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    images = re.findall(r"\]\((img/[^)]+\.png)\)", guide)
+    assert len(images) >= 6, "the walk-through shows the main views"
+    missing = [i for i in images if not (ROOT / "docs" / i).is_file()]
+    assert not missing, f"docs/operations.md shows missing screenshots {missing} (python -m tests.console_screenshots)"
+
+
+def test_no_page_loads_anything_from_another_host() -> None:
+    templates = (ROOT / "console" / "templates").glob("*.html")
+    for template in templates:
+        text = template.read_text()
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), f"{template.name} loads from another host"
