@@ -205,7 +205,7 @@ def run(cases: int, rate: float, duration_s: float, database: str) -> dict[str, 
     return {
         "database": database, "cases": cases, "rate": rate, "duration_s": duration_s, "preload_s": preload_s,
         "sent": len(load.sent), "idle_render": idle_render, "busy_render": busy_render,
-        "lat_got": lat_got, "lat_drawn": lat_drawn, "missing": missing, "ingested": status["alerts_ingested"],
+        "lat_got": lat_got, "lat_drawn": lat_drawn, "missing": missing, "ingested": status["alerts_ingested"], "push_lag": status.get("push_lag_ms", {}),
         "cpu_s": cpu - cpu0,
     }
 
@@ -239,7 +239,10 @@ def report(r: dict[str, Any], command: str, load: tuple[float, float]) -> str:
         row("ops topic -> update drawn on the board", drawn, "< 1 s"),
         "",
         f"Every alert reached the board: {reached}; "
-        f"the console stored {r['ingested']:,} alerts (each once). The console (`lifeline console`, its own "
+        f"the console stored {r['ingested']:,} alerts (each once). Its own share of the lag (taking the alert "
+        f"off the broker to handing the case to the page feeds, from its /healthz): median "
+        f"{r['push_lag'].get('p50', float('nan')):.0f} ms, p95 {r['push_lag'].get('p95', float('nan')):.0f} ms, "
+        f"p99 {r['push_lag'].get('p99', float('nan')):.0f} ms. The console (`lifeline console`, its own "
         f"process) used {r['cpu_s']:.1f} s of CPU during the {r['duration_s']:.0f} s of load "
         f"({100 * r['cpu_s'] / r['duration_s']:.0f} % of a core). Targets met: first render {'yes' if ok_render else 'NO'}, "
         f"live updates under 1 s (p99) {'yes' if ok_live else 'NO'}.",

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -44,6 +45,8 @@ class OpsAlert:
     qos: int
     #: The connection it came on: an acknowledgement goes to that connection or nowhere.
     epoch: int
+    #: time.monotonic() when it was taken off the connection.
+    received: float
 
 
 @dataclass
@@ -128,7 +131,7 @@ class Link:
                 self.ack(message.mid, message.qos, self.counters.connects)
                 return
             self.counters.received += 1
-            await self._on_alert(OpsAlert(alert, message.mid, message.qos, self.counters.connects))
+            await self._on_alert(OpsAlert(alert, message.mid, message.qos, self.counters.connects, time.monotonic()))
             return
         try:
             if kind == "status":

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -73,6 +74,8 @@ class ConsoleService:
         self.ingest_batches = 0
         self._publish_wake: asyncio.Event | None = None
         self._recent: OrderedDict[str, None] = OrderedDict()
+        #: Seconds from taking an alert off the broker to pushing its case to the open pages.
+        self._lags: deque[float] = deque(maxlen=10_000)
         self._throttle = LogThrottle(30.0)
 
     @property
@@ -104,7 +107,16 @@ class ConsoleService:
             "alerts_ingested": self.ingested,
             "case_events_published": counters.published if counters else 0,
             "live_subscribers": len(self.hub.subscribers),
+            "push_lag_ms": self._lag_percentiles(),
         }
+
+    def _lag_percentiles(self) -> dict[str, float]:
+        """Median, p95 and p99 of the last 10 000 alerts' broker-to-page-feed time, in ms."""
+        lags = sorted(self._lags)
+        if not lags:
+            return {}
+        pick = lambda q: round(1000 * lags[min(len(lags) - 1, int(q * len(lags)))], 1)  # noqa: E731
+        return {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99)}
 
     def run(self) -> int:
         """Migrate, then serve until stopped; returns the exit code."""
@@ -219,6 +231,8 @@ class ConsoleService:
             self.ingest_batches += 1
             if self.hub.subscribers:
                 self.hub.cases(result.rows)
+            pushed = time.monotonic()
+            self._lags.extend(pushed - item.received for item in batch)
             if self._publish_wake is not None:
                 self._publish_wake.set()
 

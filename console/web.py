@@ -110,6 +110,28 @@ class BodyLimit:
         await self.app(scope, replayed, send)
 
 
+class CachedStatic:
+    """Static files the browser keeps for a day: pages name them with `?v=<tag>` of this build."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_cached(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"cache-control", b"public, max-age=86400")]}
+            await send(message)
+
+        await self.app(scope, receive, send_cached)
+
+
+def _static_tag() -> str:
+    """Changes whenever a static file does (so a new build's pages fetch the new files)."""
+    newest = max((p.stat().st_mtime_ns for p in (HERE / "static").rglob("*") if p.is_file()), default=0)
+    return f"{newest:x}"[-10:]
+
+
 def _size(n: int) -> str:
     return f"{n / 1048576:.1f} MB" if n >= 1048576 else f"{n / 1024:.0f} KB"
 
@@ -117,7 +139,7 @@ def _size(n: int) -> str:
 def build_app(ctx: Context) -> ASGIApp:
     """The ASGI application of one console instance."""
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    env.globals.update(version=__version__, level_names=LEVEL_NAMES)
+    env.globals.update(version=__version__, level_names=LEVEL_NAMES, static_tag=_static_tag())
 
     headers = page_headers(ctx.config.console.tile_url)
 
@@ -406,7 +428,7 @@ def build_app(ctx: Context) -> ASGIApp:
         Route("/api/sensors/{sensor_id}/trend", api(trend)),
         Route("/api/cockpit", api(cockpit)),
         Route("/api/audit", api(audit_log)),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        Mount("/static", CachedStatic(StaticFiles(directory=HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes)
 

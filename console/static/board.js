@@ -42,8 +42,23 @@
     return (a.alert_cleared - b.alert_cleared) || (b.level - a.level) || (a.opened_at - b.opened_at) || (a.id - b.id);
   }
 
+  // Redraw at most every MIN_GAP ms (an alert storm must not redraw the table 60 times a second)
+  const MIN_GAP = 200;
+  let lastRender = 0;
+  let shownIds = new Set();
+  let cutoff = null;
+  let reloading = false; // the last row shown when the table is full: updates sorting after it are off-screen
+
   function schedule() {
-    if (!pending) { pending = true; requestAnimationFrame(render); }
+    if (pending) return;
+    pending = true;
+    const wait = Math.max(0, lastRender + MIN_GAP - performance.now());
+    if (wait > 0) setTimeout(() => requestAnimationFrame(render), wait);
+    else requestAnimationFrame(render);
+  }
+
+  function onScreen(c) {
+    return shownIds.has(c.id) || cutoff === null || order(c, cutoff) < 0;
   }
 
   function row(c, now) {
@@ -64,8 +79,20 @@
 
   function render() {
     pending = false;
+    lastRender = performance.now();
     const now = Date.now() - clockSkew;
-    const shown = [...cases.values()].sort(order).slice(0, limit);
+    const sorted = [...cases.values()].sort(order);
+    if (sorted.length > 5 * limit) {
+      // a night of live updates must not pile up in the page: keep what can come on screen soon
+      for (const c of sorted.slice(2 * limit)) cases.delete(c.id);
+    } else if (sorted.length < limit && total > sorted.length && !reloading) {
+      // rows went away (closed elsewhere) and the server holds more: fetch the next ones
+      reloading = true;
+      setTimeout(() => load().finally(() => { reloading = false; }), 500);
+    }
+    const shown = sorted.slice(0, limit);
+    shownIds = new Set(shown.map((c) => c.id));
+    cutoff = shown.length >= limit ? shown[shown.length - 1] : null;
     const stamp = Date.now();
     for (const c of shown) if (!(c.id in shownAt)) shownAt[c.id] = stamp;
     rowsEl.innerHTML = shown.length ? shown.map((c) => row(c, now)).join("")
@@ -111,8 +138,7 @@
     }
   }
 
-  function showArrival(c) {
-    arrivals.unshift(c);
+  function renderArrivals() {
     arrivals.length = Math.min(arrivals.length, 6);
     const box = document.getElementById("arrivals");
     box.hidden = false;
@@ -121,21 +147,27 @@
   }
 
   live.on("cases", (list) => {
+    let visible = false;
+    let arrived = false;
     for (const c of list) {
       const known = cases.get(c.id);
       if (!matches(c)) {
-        if (known) { cases.delete(c.id); total = Math.max(0, total - 1); }
+        if (known) { cases.delete(c.id); total = Math.max(0, total - 1); visible = visible || shownIds.has(c.id); }
         continue;
       }
+      visible = visible || onScreen(c);
       if (!known && c.state === "new" && c.category === category) {
         c.fresh = true;
-        showArrival(c);
-        setTimeout(() => { c.fresh = false; schedule(); }, 8000);
+        arrivals.unshift(c);
+        arrived = true;
+        setTimeout(() => { c.fresh = false; if (shownIds.has(c.id)) schedule(); }, 8000);
         total += 1;
       }
       cases.set(c.id, c);
     }
-    schedule();
+    if (arrived) renderArrivals();
+    if (visible) schedule();
+    else document.getElementById("shown").textContent = `${shownIds.size} of ${Math.max(total, shownIds.size)} shown`;
   });
   live.on("counts", renderCounts);
   live.on("resync", load);
