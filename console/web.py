@@ -391,6 +391,10 @@ def build_app(ctx: Context) -> ASGIApp:
         data["console"] = ctx.status()
         return data
 
+    async def agents(request: Request, session: Session) -> Any:
+        area = session.user.area
+        return {"agents": ctx.places.agent_views(area.district, area.township)}
+
     async def audit_log(request: Request, session: Session) -> Any:
         if session.user.role != "supervisor":
             raise ApiError(403, "only supervisors read the audit log")
@@ -427,6 +431,7 @@ def build_app(ctx: Context) -> ASGIApp:
         Route("/api/sensors/{sensor_id}", api(sensor)),
         Route("/api/sensors/{sensor_id}/trend", api(trend)),
         Route("/api/cockpit", api(cockpit)),
+        Route("/api/agents", api(agents)),
         Route("/api/audit", api(audit_log)),
         Mount("/static", CachedStatic(StaticFiles(directory=HERE / "static")), name="static"),
     ]

@@ -248,6 +248,14 @@ def test_map_sensor_trend_and_cockpit(chromium: Browser, chain: Chain, store: Vi
     expect(zhao.locator("#map-summary")).to_contain_text("with open cases")
     assert zhao.evaluate("document.querySelectorAll('script[src^=\"http\"]').length") == 0, "no CDN scripts"
 
+    topic, payload = agent_status(PREFIX, "agent-2", disk_full=True, dropped_alerts=3, backlog=5000)
+    chain.publisher.publish(topic, payload, retain=True)
+    chain.publisher.wait_all()
+    zhao.goto(chain.url + "/maintenance")
+    expect(zhao.get_by_test_id("agent-faults")).to_contain_text("outbox disk full", timeout=WAIT_MS)
+    expect(zhao.get_by_test_id("agent-faults")).to_contain_text("3 alert(s) dropped")
+    chain.publisher.publish(topic, b"", retain=True)
+
     zhao.goto(chain.url + "/cockpit")
     expect(zhao.get_by_test_id("agents")).to_contain_text("agent-1", timeout=WAIT_MS)
     expect(zhao.get_by_test_id("agents")).to_contain_text("online")

@@ -196,6 +196,26 @@
   filters.addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
   setInterval(schedule, 10000); // ages move on
 
+  // the maintenance list also names agents whose own state needs a visit: offline, a full or
+  // damaged outbox (alerts dropped), a large backlog
+  async function agentFaults() {
+    const el = document.getElementById("agent-faults");
+    if (!el) return;
+    const { agents } = await api("/api/agents");
+    const problems = (a) => [a.state !== "online" ? a.state : "", a.disk_full ? "outbox disk full" : "",
+      a.dropped_alerts ? `${a.dropped_alerts} alert(s) dropped by the outbox` : "",
+      a.backlog > 1000 ? `backlog ${a.backlog}` : "", a.sensors_gap ? `${a.sensors_gap} sensor(s) silent` : ""].filter(Boolean);
+    const rows = agents.map((a) => [a, problems(a)]).filter(([, p]) => p.length);
+    el.innerHTML = rows.length ? "<tr><th>agent</th><th>township</th><th>what</th><th>status</th></tr>" + rows.map(([a, p]) =>
+      `<tr><td>${esc(a.agent)}</td><td>${esc(a.township)}</td><td class="bad">${p.map(esc).join(" · ")}</td><td>${fmtTime(a.ts)}</td></tr>`).join("")
+      : '<tr><td class="muted">every agent online, its outbox healthy</td></tr>';
+  }
+  let agentTimer = null;
+  if (category === "fault") {
+    agentFaults();
+    live.on("agent", () => { clearTimeout(agentTimer); agentTimer = setTimeout(agentFaults, 1000); });
+  }
+
   for (const [k, v] of new URLSearchParams(location.search)) {
     if (filters.elements[k]) filters.elements[k].value = v; // e.g. the map's "its alerts" link
   }
