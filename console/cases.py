@@ -111,6 +111,10 @@ def visible(area: Area) -> ColumnElement[bool]:
     return and_(*conds)
 
 
+#: Case columns an alert of the case changes (written back in one statement per batch).
+_FOLLOWED: Final = ("level", "max_level", "value", "limit", "last_ts", "updated_at", "alert_cleared", "cleared_at",
+                    "deadline_at")
+
 #: Board order: alerts still active first, then by level (highest first), then oldest first.
 BOARD_ORDER = (cases.c.alert_cleared.asc(), cases.c.level.desc(), cases.c.opened_at.asc(), cases.c.id.asc())
 
@@ -134,82 +138,129 @@ class CaseStore:
     # ------------------------------------------------------------------ alerts in
 
     def ingest(self, batch: Iterable[Alert], received_ms: int | None = None) -> IngestResult:
-        """Apply alerts (in arrival order) in one transaction."""
+        """Apply alerts (in arrival order) in one transaction, in a fixed number of statements
+        per batch rather than per alert (each statement is a round trip to PostgreSQL)."""
         now = received_ms if received_ms is not None else now_ms()
         result = IngestResult()
+        alerts_in = list(batch)
+        result.alerts = len(alerts_in)
+        if not alerts_in:
+            return result
         with self.db.write() as conn:
-            for alert in batch:
-                result.alerts += 1
-                self._ingest_one(conn, alert, now, result)
+            fresh = self._new_alerts(conn, alerts_in, now, result)
+            if fresh:
+                self._note_sensors(conn, fresh, now)
+                self._apply(conn, fresh, now, result)
             wanted = sorted(result.case_ids)
             for i in range(0, len(wanted), 500):
                 result.rows.extend(conn.execute(select(cases).where(cases.c.id.in_(wanted[i:i + 500]))).all())
         return result
 
-    def _ingest_one(self, conn: Connection, a: Alert, now: int, result: IngestResult) -> None:
+    def _new_alerts(self, conn: Connection, batch: list[Alert], now: int, result: IngestResult) -> list[Alert]:
+        """Store the batch's alerts once each; returns those not seen before, in order."""
         q = self._statements(conn)
-        extra = json.dumps(a.extra, default=str)[:4000] if a.extra else None
-        row = {"id": a.id, "case_id": None, "agent": a.agent, "sensor": a.sensor, "rule": a.rule,
-               "district": a.district, "township": a.township, "level": a.level, "prev": a.prev,
-               "value": a.value, "limit": a.limit, "ts": a.ts, "seq": a.seq, "received_at": now,
-               "extra": extra}
-        if conn.execute(q.insert_alert, row).first() is None:
-            result.duplicates += 1
-            known = conn.execute(q.case_of_alert, {"aid": a.id}).scalar()
-            if known is not None:
-                result.case_ids.add(int(known))  # another instance may have applied it: show it
-            return
-        meta = (a.kind, a.site, a.township, a.district, a.agent)
-        if self._sensor_meta.get(a.sensor) != meta:
-            conn.execute(q.upsert_sensor, {"sensor": a.sensor, "kind": a.kind, "site": a.site, "township": a.township,
-                                           "district": a.district, "agent": a.agent, "updated_at": now})
-            self._sensor_meta[a.sensor] = meta
-        conn.execute(q.upsert_level, {"sensor": a.sensor, "rule": a.rule, "level": a.level, "value": a.value,
-                                      "limit": a.limit, "ts": a.ts})
-        key = _open_key(a.sensor, a.rule)
-        case_row = conn.execute(q.open_case, {"key": key}).first()
-        if case_row is None and a.level > 0:
-            case_row = self._open_case(conn, a, key, now, result)
-        if case_row is None:  # a clear with no open case: note it on the last closed one
-            last = conn.execute(select(cases.c.id).where(cases.c.sensor == a.sensor, cases.c.rule == a.rule)
-                                .order_by(cases.c.id.desc()).limit(1)).scalar()
-            if last is not None:
-                conn.execute(update(cases).where(cases.c.id == last, cases.c.alert_cleared.is_(False))
-                             .values(alert_cleared=True, cleared_at=now, level=0))
-                self._event(conn, last, now, SYSTEM, "cleared", {"alert": a.id, "value": a.value, "after_close": True})
-                conn.execute(q.set_alert_case, {"aid": a.id, "cid": last})
-                result.case_ids.add(last)
-            return
-        case_id = int(case_row.id)
-        conn.execute(q.set_alert_case, {"aid": a.id, "cid": case_id})
-        result.case_ids.add(case_id)
-        if case_row.first_alert == a.id:
-            return  # just opened by this alert
-        detail = {"alert": a.id, "level": a.level, "prev": a.prev, "value": a.value, "limit": a.limit}
-        if a.ts < case_row.last_ts:  # an older alert arriving late: history only
-            self._event(conn, case_id, now, SYSTEM, "late_alert", detail)
-            return
-        values: dict[str, Any] = {"cid": case_id, "level": a.level, "value": a.value, "last_ts": a.ts,
-                                  "updated_at": now}
-        if a.limit is not None:
-            values["limit"] = a.limit
-        if a.level == 0:
-            values.update(alert_cleared=True, cleared_at=now)
-            action = "cleared"
-        else:
-            values.update(alert_cleared=False, cleared_at=None)
-            action = "level"
-        if a.level > case_row.max_level:
-            values["max_level"] = a.level
-            if case_row.state == "new" and case_row.deadline_at is not None:
-                start = case_row.escalated_at or case_row.opened_at
-                values["deadline_at"] = min(case_row.deadline_at, self._deadline(start, a.level))
-        conn.execute(q.update_case, values)
-        self._event(conn, case_id, now, SYSTEM, action, detail)
+        rows, seen = [], set()
+        for a in batch:
+            if a.id in seen:
+                continue
+            seen.add(a.id)
+            rows.append({"id": a.id, "case_id": None, "agent": a.agent, "sensor": a.sensor, "rule": a.rule,
+                         "district": a.district, "township": a.township, "level": a.level, "prev": a.prev,
+                         "value": a.value, "limit": a.limit, "ts": a.ts, "seq": a.seq, "received_at": now,
+                         "extra": json.dumps(a.extra, default=str)[:4000] if a.extra else None})
+        inserted = set(conn.execute(q.insert_alert, rows).scalars())
+        result.duplicates = len(batch) - len(inserted)
+        repeated = [r["id"] for r in rows if r["id"] not in inserted]
+        for i in range(0, len(repeated), 500):  # another instance may have applied them: show their cases
+            for case_id in conn.execute(select(alerts.c.case_id).where(alerts.c.id.in_(repeated[i:i + 500]))).scalars():
+                if case_id is not None:
+                    result.case_ids.add(int(case_id))
+        done: set[str] = set()
+        out = []
+        for a in batch:
+            if a.id in inserted and a.id not in done:
+                done.add(a.id)
+                out.append(a)
+        return out
 
-    def _open_case(self, conn: Connection, a: Alert, key: str, now: int, result: IngestResult) -> Any:
+    def _note_sensors(self, conn: Connection, fresh: list[Alert], now: int) -> None:
+        """The sensors' place (when it changed) and their newest level per rule."""
         q = self._statements(conn)
-        values = {
+        meta_rows = {}
+        for a in fresh:
+            meta = (a.kind, a.site, a.township, a.district, a.agent)
+            if self._sensor_meta.get(a.sensor) != meta:
+                meta_rows[a.sensor] = {"sensor": a.sensor, "kind": a.kind, "site": a.site, "township": a.township,
+                                       "district": a.district, "agent": a.agent, "updated_at": now}
+                self._sensor_meta[a.sensor] = meta
+        if meta_rows:
+            conn.execute(q.upsert_sensor, list(meta_rows.values()))
+        newest: dict[tuple[str, str], Alert] = {}
+        for a in fresh:
+            key = (a.sensor, a.rule)
+            if key not in newest or a.ts >= newest[key].ts:
+                newest[key] = a
+        conn.execute(q.upsert_level, [{"sensor": a.sensor, "rule": a.rule, "level": a.level, "value": a.value,
+                                       "limit": a.limit, "ts": a.ts} for a in newest.values()])
+
+    def _apply(self, conn: Connection, fresh: list[Alert], now: int, result: IngestResult) -> None:
+        """Open, follow and clear cases for the new alerts; write the changes in a few statements."""
+        q = self._statements(conn)
+        keys = sorted({_open_key(a.sensor, a.rule) for a in fresh})
+        open_rows: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(keys), 500):
+            for row in conn.execute(select(cases).where(cases.c.open_key.in_(keys[i:i + 500]))):
+                open_rows[row.open_key] = dict(row._mapping)
+        openers: dict[str, Alert] = {}
+        for a in fresh:  # the first raise of a (sensor, rule) with no open case opens one
+            key = _open_key(a.sensor, a.rule)
+            if key not in open_rows and key not in openers and a.level > 0:
+                openers[key] = a
+        if openers:
+            values = [self._case_values(a, key, now) for key, a in openers.items()]
+            for row in conn.execute(q.insert_case, values).all():
+                open_rows[row.open_key] = dict(row._mapping)
+                result.new_cases += 1
+            missing = [k for k in openers if k not in open_rows]  # opened by another instance just now
+            if missing:
+                for row in conn.execute(select(cases).where(cases.c.open_key.in_(missing))):
+                    open_rows[row.open_key] = dict(row._mapping)
+        events: list[dict[str, Any]] = []
+        changed: dict[int, dict[str, Any]] = {}
+        links: list[dict[str, Any]] = []
+        for a in fresh:
+            key = _open_key(a.sensor, a.rule)
+            row = open_rows.get(key)
+            if row is None:  # a clear with no open case: note it on the last closed one
+                last = self._after_close(conn, a, now)
+                if last is not None:
+                    links.append({"aid": a.id, "cid": last})
+                    result.case_ids.add(last)
+                continue
+            case_id = int(row["id"])
+            links.append({"aid": a.id, "cid": case_id})
+            result.case_ids.add(case_id)
+            if row["first_alert"] == a.id:
+                events.append(self._event_row(case_id, now, SYSTEM, "raised", {
+                    "alert": a.id, "level": a.level, "value": a.value, "limit": a.limit, "ts": a.ts}))
+                continue
+            detail = {"alert": a.id, "level": a.level, "prev": a.prev, "value": a.value, "limit": a.limit}
+            if a.ts < row["last_ts"]:  # an older alert arriving late: history only
+                events.append(self._event_row(case_id, now, SYSTEM, "late_alert", detail))
+                continue
+            self._follow(row, a, now)
+            changed[case_id] = row
+            events.append(self._event_row(case_id, now, SYSTEM, "cleared" if a.level == 0 else "level", detail))
+        if changed:
+            conn.execute(q.update_case, [{"cid": cid, **{f"new_{c}": r[c] for c in _FOLLOWED}}
+                                         for cid, r in changed.items()])
+        if links:
+            conn.execute(q.set_alert_case, links)
+        if events:
+            conn.execute(q.insert_event, events)
+
+    def _case_values(self, a: Alert, key: str, now: int) -> dict[str, Any]:
+        return {
             "open_key": key, "sensor": a.sensor, "rule": a.rule, "kind": a.kind, "domain": domain_of(a.kind),
             "agent": a.agent, "site": a.site, "township": a.township, "district": a.district,
             "category": "fault" if is_fault(a) else "event", "state": "new", "level": a.level,
@@ -217,14 +268,32 @@ class CaseStore:
             "raised_ts": a.ts, "opened_at": now, "last_ts": a.ts, "updated_at": now, "alert_cleared": False,
             "tier": "township", "deadline_at": self._deadline(now, a.level), "version": 1,
         }
-        row = conn.execute(q.insert_case, values).first()
-        if row is not None:
-            self._event(conn, int(row.id), now, SYSTEM, "raised",
-                        {"alert": a.id, "level": a.level, "value": a.value, "limit": a.limit, "ts": a.ts})
-            result.new_cases += 1
-            return row
-        # another console instance opened it a moment ago: apply the alert to that case
-        return conn.execute(q.open_case, {"key": key}).first()
+
+    def _follow(self, row: dict[str, Any], a: Alert, now: int) -> None:
+        """A later level of the case's (sensor, rule): level, value, cleared, highest level, deadline."""
+        row.update(level=a.level, value=a.value, last_ts=a.ts, updated_at=now)
+        if a.limit is not None:
+            row["limit"] = a.limit
+        if a.level == 0:
+            row.update(alert_cleared=True, cleared_at=now)
+        else:
+            row.update(alert_cleared=False, cleared_at=None)
+        if a.level > row["max_level"]:
+            row["max_level"] = a.level
+            if row["state"] == "new" and row["deadline_at"] is not None:
+                start = row["escalated_at"] or row["opened_at"]
+                row["deadline_at"] = min(row["deadline_at"], self._deadline(start, a.level))
+
+    def _after_close(self, conn: Connection, a: Alert, now: int) -> int | None:
+        """A clear arriving after its case was closed: mark the last case's alert cleared (rare)."""
+        last = conn.execute(select(cases.c.id).where(cases.c.sensor == a.sensor, cases.c.rule == a.rule)
+                            .order_by(cases.c.id.desc()).limit(1)).scalar()
+        if last is None:
+            return None
+        conn.execute(update(cases).where(cases.c.id == last, cases.c.alert_cleared.is_(False))
+                     .values(alert_cleared=True, cleared_at=now, level=0))
+        self._event(conn, last, now, SYSTEM, "cleared", {"alert": a.id, "value": a.value, "after_close": True})
+        return int(last)
 
     def _statements(self, conn: Connection) -> _Statements:
         """The ingest path's statements, built once (building them per alert costs more than running them)."""
@@ -234,9 +303,11 @@ class CaseStore:
 
     def _event(self, conn: Connection, case_id: int, at: int, actor: str, action: str,
                detail: dict[str, Any]) -> None:
-        conn.execute(self._statements(conn).insert_event,
-                     {"case_id": case_id, "at": at, "actor": actor, "action": action,
-                      "detail": json.dumps(detail, default=str), "origin": self.origin, "published": False})
+        conn.execute(self._statements(conn).insert_event, self._event_row(case_id, at, actor, action, detail))
+
+    def _event_row(self, case_id: int, at: int, actor: str, action: str, detail: dict[str, Any]) -> dict[str, Any]:
+        return {"case_id": case_id, "at": at, "actor": actor, "action": action,
+                "detail": json.dumps(detail, default=str), "origin": self.origin, "published": False}
 
     # ------------------------------------------------------------------ operator steps
 
@@ -557,7 +628,6 @@ class _Statements:
     def __init__(self, dialect_name: str) -> None:
         dialect = postgresql if dialect_name == "postgresql" else sqlite
         self.insert_alert = dialect.insert(alerts).on_conflict_do_nothing().returning(alerts.c.id)
-        self.case_of_alert = select(alerts.c.case_id).where(alerts.c.id == bindparam("aid"))
         self.set_alert_case = update(alerts).where(alerts.c.id == bindparam("aid")).values(case_id=bindparam("cid"))
         up = dialect.insert(sensors)
         self.upsert_sensor = up.on_conflict_do_update(
@@ -567,9 +637,10 @@ class _Statements:
         self.upsert_level = lv.on_conflict_do_update(  # a late, older alert leaves the newer level
             index_elements=["sensor", "rule"], set_={c: lv.excluded[c] for c in ("level", "value", "limit", "ts")},
             where=sensor_levels.c.ts <= lv.excluded.ts)
-        self.open_case = select(cases).where(cases.c.open_key == bindparam("key"))
-        self.insert_case = dialect.insert(cases).on_conflict_do_nothing().returning(*cases.c)
-        self.update_case = update(cases).where(cases.c.id == bindparam("cid"))
+        self.insert_case = dialect.insert(cases).on_conflict_do_nothing().returning(*cases.c,
+                                                                                   sort_by_parameter_order=True)
+        self.update_case = update(cases).where(cases.c.id == bindparam("cid")).values(
+            {c: bindparam(f"new_{c}") for c in _FOLLOWED})
         self.insert_event = insert(case_events)
 
 

@@ -217,3 +217,16 @@ def test_passwords_are_hashed_and_sessions_expire(db: Database, monkeypatch: pyt
         alive = accounts.session(token)
     assert alive is None
     accounts.logout(token)
+
+
+def test_one_batch_opens_follows_and_clears_a_case(store: CaseStore) -> None:
+    raise_ = make_alert("B1", level=1, ts=1000)
+    batch = [raise_, make_alert("B1", level=3, prev=1, ts=2000), raise_, make_alert("B1", level=0, prev=3, ts=3000),
+             make_alert("B1", level=2, prev=0, ts=2500), make_alert("B2", level=0, ts=1000)]  # late; a stray clear
+    result = store.ingest(batch)
+    assert (result.new_cases, result.duplicates, len(result.rows)) == (1, 1, 1)
+    (row,) = result.rows
+    assert (row.level, row.max_level, row.alert_cleared) == (0, 3, True)
+    case = store.get(OP, row.id)
+    assert [e["action"] for e in case["events"]] == ["raised", "level", "cleared", "late_alert"]
+    assert len(case["alerts"]) == 4
