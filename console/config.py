@@ -55,7 +55,7 @@ class ConsoleSection(ConfigSection):
     #: Longest note, cause, reason or crew report in characters.
     max_text_chars: int = Field(default=4000, ge=100, le=100_000)
     #: Rows the board sends at first (the rest by filter or "show more").
-    board_rows: int = Field(default=200, ge=10, le=5000)
+    board_rows: int = Field(default=100, ge=10, le=5000)
     #: Optional TOML file of site coordinates (`[[site]]` id, lat, lon, name), beside the agents' statuses.
     sites_file: Path | None = None
     #: Optional GeoJSON file of district and township boundaries (properties `district`, `township`, `name`).
