@@ -85,6 +85,9 @@ class SensorSettings(ConfigSection):
     gap_s: float | None = Field(default=None, gt=0)
     #: Per-rule overrides of the kind's profile (see docs/configuration.md), e.g. `rules.rate.limit`.
     rules: dict[str, Any] = Field(default_factory=dict)
+    #: Where the site is (WGS 84 degrees), for the ops console's map; sent in the agent's status.
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
 
     @field_validator("kind")
     @classmethod
@@ -119,6 +122,8 @@ class SensorSettings(ConfigSection):
             raise ValueError(f"source = {self.source!r} needs key(s) {', '.join(missing)}")
         if self.high and self.low and self.low[0] >= self.high[0]:
             raise ValueError(f"low[0] = {self.low[0]} must be below high[0] = {self.high[0]}")
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon go together: give both or neither")
         return self
 
 

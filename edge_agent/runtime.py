@@ -302,6 +302,7 @@ class Agent:
             "disk_full": self.outbox.space_low,
             "wall_offset_ms": self.pipeline.wall_offset_ms,
         }
+        out.update(self._places())
         if self.raw_input is not None:
             out["raw_connected"] = self.raw_input.connected
         if serial:
@@ -309,6 +310,14 @@ class Agent:
         if modbus:
             out["modbus"] = modbus
         return out
+
+
+    def _places(self) -> dict[str, Any]:
+        """Where this agent's sites are and its sensors' thresholds, for the ops consoles' map and charts."""
+        a = self.config.agent
+        sites = {s.site: [s.lat, s.lon] for s in self.config.sensor if s.lat is not None and s.lon is not None}
+        limits = {s.id: {"high": list(s.high), "low": list(s.low)} for s in self.config.sensor if s.high or s.low}
+        return {"district": a.district, "township": a.township, "sites": sites, "limits": limits}
 
 
 def _log_alerts(alerts: Sequence[Any]) -> None:

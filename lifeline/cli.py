@@ -44,6 +44,7 @@ config_option = click.option(
 
 _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulators.cli", "simulate"),
+    "console": ("console.cli", "console"),
     "bench": ("benchmarks.cli", "bench"),
 }
 
@@ -138,7 +139,8 @@ def demo(duration: float | None, scenario_name: str, keep: bool) -> None:
     """Run the whole chain on this machine with no configuration.
 
     Starts Mosquitto and VictoriaMetrics on free loopback ports, an agent per township of a
-    simulated district and the gateway, replays the district in real time, and shows a live view.
+    simulated district, the gateway and the ops console (its URL and demo logins are printed),
+    replays the district in real time, and shows a live view.
     At the end it prints what flowed, what was detected and how that scores against the
     simulation's ground truth. Ctrl-C stops everything cleanly.
     """

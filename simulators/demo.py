@@ -41,7 +41,7 @@ from simulators.collect import AlertCollector, alerts_from_victoria
 from simulators.runner import RunOptions, RunResult, run_scenario
 from simulators.scenario import Scenario, find_scenario, load_scenario
 from simulators.scoring import FAULT_RULES, ScoreReport, render_report, score
-from simulators.servers import MosquittoServer, VictoriaMetricsServer, find_binary
+from simulators.servers import MosquittoServer, VictoriaMetricsServer, find_binary, free_port
 
 log = logging.getLogger("lifeline.demo")
 
@@ -257,6 +257,13 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
             for path in configs:
                 children.append(start_child(path.stem, ["agent", "--config", str(path)], workdir))
             console.print(f"  started the gateway and {len(configs)} agent(s); logs in {workdir}")
+            from console.demo import start_demo_console
+
+            ops = start_demo_console(workdir / "console", port=free_port(), broker_url=broker.url, store_url=store.url,
+                                     prefix=PREFIX, scenario=scenario)
+            stack.callback(ops.stop)
+            console.print(f"  ops console: [bold]{ops.url}[/] log in as " + "; ".join(
+                f"[cyan]{user}[/] / [cyan]{password}[/] ({what})" for user, password, what in ops.users), soft_wrap=True)
 
             def simulate() -> None:
                 def progress(p: Any) -> None:

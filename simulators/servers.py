@@ -242,3 +242,72 @@ class VictoriaMetricsServer(_LocalServer):
                 row = json.loads(line)
                 out.append(ExportedSeries(row["metric"], row["values"], row["timestamps"]))
         return out
+
+
+class PostgresServer(_LocalServer):
+    """PostgreSQL (the Debian package) in its own cluster: `initdb` in the temporary directory,
+    trust authentication on 127.0.0.1 only, one database `lifeline` owned by user `lifeline`.
+
+    PostgreSQL refuses to run as root; as root it runs as the `postgres` user (runuser).
+    """
+
+    name = "postgres"
+    database = "lifeline"
+    user = "lifeline"
+
+    def __init__(self, *, port: int | None = None, workdir: Path | None = None) -> None:
+        super().__init__(port=port, workdir=workdir)
+        initdb = find_binary("initdb", *sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")))
+        self.bindir = Path(initdb).resolve().parent  # the cluster tools sit beside it
+        self.data = self.workdir / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://127.0.0.1:{self.port}/{self.database}"
+
+    def _as_owner(self, args: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+    def _command(self) -> list[str]:
+        return self._as_owner([str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                               "-k", str(self.workdir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                               "-c", "synchronous_commit=off", "-c", "max_connections=200"])
+
+    def start(self) -> Self:
+        if not (self.data / "PG_VERSION").exists():
+            if os.geteuid() == 0:
+                shutil.chown(self.workdir, "postgres", "postgres")
+            result = subprocess.run(self._as_owner([str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user,
+                                                    "--auth=trust", "-E", "UTF8", "--no-sync"]),
+                                    capture_output=True, text=True, cwd=self.workdir)
+            if result.returncode != 0:
+                raise ServerError(f"initdb failed: {result.stderr.strip()[-1000:]}")
+        super().start()
+        self._create_database()
+        return self
+
+    def _wait_ready(self) -> None:
+        super()._wait_ready()
+        deadline = time.monotonic() + 20
+        while subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise ServerError("postgres did not accept connections within 20 s")
+            time.sleep(0.05)  # polling readiness; there is no event to wait on
+
+    def _create_database(self) -> None:
+        self.new_database(self.database)
+
+    def new_database(self, name: str) -> str:
+        """Create database `name` (`[a-z0-9_]+`) if it is not there; returns its URL."""
+        if not name.replace("_", "").isalnum() or not name.islower():
+            raise ValueError(f"database name {name!r}: lower-case letters, digits and _ only")
+        psql = [str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", "postgres",
+                "-tAc"]
+        have = subprocess.run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+                              capture_output=True, text=True)
+        if have.stdout.strip() != "1":
+            made = subprocess.run([*psql, f"CREATE DATABASE {name}"], capture_output=True, text=True)
+            if made.returncode != 0:
+                raise ServerError(f"cannot create database {name}: {made.stderr.strip()}")
+        return f"postgresql://127.0.0.1:{self.port}/{name}"

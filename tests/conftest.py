@@ -6,6 +6,7 @@ import os
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -62,3 +63,27 @@ def pty_pair() -> Iterator[PtyPair]:
                 os.close(fd)
             except OSError:
                 pass
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL cluster for the whole test session (loopback, trust authentication)."""
+    from simulators.servers import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (the Debian package) driven by Playwright, for the console's browser tests."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.console_harness import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -186,6 +186,15 @@ def test_the_ops_console_reads_routed_alerts(clients: Callable[..., Client5]) ->
     assert ops.wait_for(lambda: ops.topics() == [f"{P}/ops/city/yuzhong"]), ops.topics()
 
 
+def test_the_ops_console_publishes_and_follows_case_events(clients: Callable[..., Client5]) -> None:
+    ops = clients("ops-console")
+    assert ops.subscribe(f"{P}/case/#") == [1]
+    other = clients("ops-console", client_id="test-acl-console-2")
+    assert other.publish(f"{P}/case/yuzhong", b"case event") == 0
+    assert ops.wait_for(lambda: ops.topics() == [f"{P}/case/yuzhong"]), ops.topics()
+    assert clients("yz-a").publish(f"{P}/case/yuzhong", b"forged") == NOT_AUTHORIZED
+
+
 def test_the_ops_console_cannot_read_what_agents_send(clients: Callable[..., Client5]) -> None:
     ops = clients("ops-console")
     ops.subscribe(f"{P}/alert/#", f"{P}/status/#", f"{P}/ops/#")

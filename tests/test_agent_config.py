@@ -84,3 +84,13 @@ def test_precompile_loads_the_kernels_and_exits(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["agent", "--precompile", "--config",
                                       str(ROOT / "deploy" / "agent.sample.toml")])
     assert result.exit_code == 0, result.output
+
+
+def test_a_site_position_needs_both_lat_and_lon(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[agent]\nid = "a"\ndistrict = "d"\ntownship = "t"\n\n'
+                    '[[sensor]]\nid = "S"\nkind = "pipe.pressure"\nsite = "s"\nlat = 29.5\n')
+    with pytest.raises(ConfigError, match=r"sensor\[0\]: .*lat and lon go together"):
+        load_agent_config(path)
+    path.write_text(path.read_text() + "lon = 106.5\n")
+    assert load_agent_config(path).sensor[0].lon == 106.5

@@ -23,7 +23,7 @@ THRESHOLDS = {"kind": "test.level", "high": [0.6, 0.7, 0.8, 0.9], "low": [0.2, 0
 def agent_config(tmp_path: Path, broker: MosquittoServer) -> Path:
     return write_config(tmp_path / "agent.toml", agent="t-mqtt", broker_url=broker.url,
                         state_dir=tmp_path / "state", agent_extra="window_s = 1", sensors=[
-                            {"id": "T-P-1", "site": "valve-12", **THRESHOLDS},
+                            {"id": "T-P-1", "site": "valve-12", "lat": 29.5586, "lon": 106.5772, **THRESHOLDS},
                             {"id": "T-P-2", "site": "valve-13", **THRESHOLDS, "kind": "pipe.pressure",
                              "rules": {"rate": {"enabled": False}}},
                         ])
@@ -69,6 +69,9 @@ def test_thresholds_end_to_end_with_summaries_status_and_a_clean_stop(
     assert collector.wait_for(lambda c: any(done(s) for s in c.status))
     status = next(s for s in collector.status if done(s))
     assert status.state == "online" and status.extra["blocks"] == 3 and status.extra["version"]
+    assert status.extra["sites"] == {"valve-12": [29.5586, 106.5772]}  # for the ops console's map
+    assert status.extra["limits"]["T-P-1"] == {"high": [0.6, 0.7, 0.8, 0.9], "low": [0.2, 0.1]}
+    assert (status.extra["district"], status.extra["township"]) == ("yuzhong", "jiefangbei")
     started = time.monotonic()
     assert agent.terminate() == 0
     assert time.monotonic() - started < 8

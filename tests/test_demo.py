@@ -36,6 +36,7 @@ def test_demo_runs_the_chain_and_reports(tmp_path: Path) -> None:
     routed = re.search(r"alerts routed by tier: township: (\d+)", output)
     assert routed and int(routed.group(1)) > 0, "the burst at 20 s must reach the township tier"
     assert "events detected" in output  # the score against the ground truth
+    assert re.search(r"ops console: http://127\.0\.0\.1:\d+ log in as duty / \S+", output), output[:3000]
     workdir = re.search(r"work directory (\S+)", output)
     assert workdir is not None
     assert not Path(workdir.group(1)).exists(), "the temporary directory must be removed"

@@ -14,18 +14,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("lifeline", "edge_agent", "gateway", "simulators", "firmware_stubs", "benchmarks", "tests")
+PACKAGES = ("lifeline", "edge_agent", "gateway", "console", "simulators", "firmware_stubs", "benchmarks",
+            "tests")
 
 #: Packages each package must never import (first-party packages not listed are allowed).
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "lifeline": frozenset({"edge_agent", "gateway", "simulators", "firmware_stubs", "benchmarks", "tests"}),
-    "edge_agent": frozenset({"gateway", "simulators", "benchmarks", "tests"}),
-    "gateway": frozenset({"edge_agent", "simulators", "benchmarks", "tests"}),
+    "lifeline": frozenset({"edge_agent", "gateway", "console", "simulators", "firmware_stubs", "benchmarks",
+                           "tests"}),
+    "edge_agent": frozenset({"gateway", "console", "simulators", "benchmarks", "tests"}),
+    "gateway": frozenset({"edge_agent", "console", "simulators", "benchmarks", "tests"}),
+    "console": frozenset({"edge_agent", "gateway", "simulators", "benchmarks", "tests"}),
     "simulators": frozenset({"gateway", "benchmarks", "tests"}),
     "firmware_stubs": frozenset({"lifeline", "edge_agent", "gateway", "simulators", "benchmarks", "tests"}),
 }
 #: The command line is the one module of the core that knows every part, inside its commands only.
-LAZY_ONLY = {"lifeline/cli.py": frozenset({"edge_agent", "gateway", "simulators", "benchmarks"})}
+LAZY_ONLY = {"lifeline/cli.py": frozenset({"edge_agent", "gateway", "console", "simulators", "benchmarks"})}
 #: Simulators drive agents through the agent's public entry (`edge_agent/__init__.py`) only.
 TOP_LEVEL_ONLY = {"simulators": frozenset({"edge_agent"})}
 
@@ -141,7 +144,7 @@ def test_cli_loads_the_parts_lazily() -> None:
     assert {"edge_agent", "gateway", "simulators"} <= parts
 
 
-@pytest.mark.parametrize("package", ["lifeline", "edge_agent", "gateway", "simulators", "firmware_stubs",
+@pytest.mark.parametrize("package", ["lifeline", "edge_agent", "gateway", "console", "simulators", "firmware_stubs",
                                      "benchmarks"])
 def test_every_package_says_what_it_is(package: str) -> None:
     """Each package opens with a docstring: a paragraph of purpose and its public names."""
