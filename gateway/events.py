@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from gateway.store import WriteOutcome
+from gateway.store import RejectedLine, WriteOutcome
 
 
 class Inbound(NamedTuple):
@@ -25,6 +25,13 @@ class Inbound(NamedTuple):
     qos: int
     dup: bool
     epoch: int
+
+
+class LiveMessage(NamedTuple):
+    """A message of the live lane (clean session, QoS 0): never acknowledged, never stored."""
+
+    topic: str
+    payload: bytes
 
 
 class PublishAcked(NamedTuple):
@@ -69,6 +76,8 @@ class BatchDone:
     number: int
     outcome: WriteOutcome
     points: int
+    #: Rows the store refused, each with the store's message (the batch's other rows are stored).
+    rejected: tuple[RejectedLine, ...] = ()
 
 
-Event = Inbound | PublishAcked | Connected | Disconnected | BatchDone
+Event = Inbound | LiveMessage | PublishAcked | Connected | Disconnected | BatchDone

@@ -7,6 +7,7 @@ Also the harness the other gateway integration tests use (publisher, ops collect
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -135,6 +136,11 @@ class Collector:
         self.client.disconnect()
 
 
+def state_dir() -> str:
+    """A fresh directory for one gateway's state file (the same config keeps it across restarts)."""
+    return tempfile.mkdtemp(prefix="lifeline-gw-state-")
+
+
 def gateway_config(
     broker_url: str, store_url: str, *, prefix: str, gateway_id: str, group: str, **gateway: Any
 ) -> GatewayConfig:
@@ -146,6 +152,7 @@ def gateway_config(
                 "id": gateway_id,
                 "share_group": group,
                 "registry_interval_s": 0.5,
+                "state_dir": state_dir(),
                 **gateway,
             },
         }
@@ -421,7 +428,7 @@ def test_gateway_over_tls_with_a_password(
                     "ca_file": str(certs["ca"]),
                 },
                 "influx": {"url": store.url},
-                "gateway": {"id": "gw-tls"},
+                "gateway": {"id": "gw-tls", "state_dir": state_dir()},
             }
         )
         creds = {"username": user, "password": password, "ca": certs["ca"]}
@@ -521,7 +528,7 @@ def test_a_refused_login_is_reported_and_retried_without_stopping(
                 "reconnect_max_s": 0.5,
             },
             "influx": {"url": store.url},
-            "gateway": {"id": "gw-refused"},
+            "gateway": {"id": "gw-refused", "state_dir": state_dir()},
         }
     )
     with server, caplog.at_level("ERROR", logger="gateway.link"):
