@@ -36,6 +36,7 @@ slow store gets a few large requests instead of a queue of small ones.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -44,11 +45,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
 import msgpack
+import numpy as np
 
 from edge_agent.backoff import LogThrottle, held_note
 from edge_agent.contract import (
     Alert,
     DecodeError,
+    Summary,
     alert_topic,
     decode_status,
     ops_topic,
@@ -561,14 +564,48 @@ class Pipeline:
         if self._future(summary.t1):
             self._refuse_future("window end t1", summary.t1, message.topic, message.payload, delivery)
             return
-        lines = format_table(reading_table(summary, self._cache))
         self.counters.summaries += 1
         self.registry.on_summary(summary, self._wall_ms())
         self._publish_events()
+        contested = self.registry.contested_rows(summary)
+        if contested:
+            summary = self._without_contested(summary, contested, message, delivery)
+        lines = format_table(reading_table(summary, self._cache))
         self._hold(delivery, message.epoch)
         self._add_lines(lines)
         if self._waiting_count:
             self._agent_heard(summary.agent)
+
+    def _without_contested(
+        self, summary: Summary, rows: list[int], message: Inbound, delivery: Delivery
+    ) -> Summary:
+        """The summary without the rows of sensors another agent owns; those are dead-lettered
+        (the whole message, with the contested sensors named)."""
+        named = ", ".join(
+            f"{summary.sensor[i]} (owner {self.registry.owner(summary.sensor[i])})" for i in rows[:20]
+        )
+        more = f" and {len(rows) - 20} more" if len(rows) > 20 else ""
+        self._dead_letter(
+            DeadLetterReason.WRONG_OWNER, message.topic, message.payload,
+            f"summary of window end {summary.t1} from {summary.agent} lists sensors it does not "
+            f"own: {named}{more}; its other rows are stored",
+            delivery,
+        )
+        keep = np.ones(len(summary), dtype=bool)
+        keep[rows] = False
+        index = np.flatnonzero(keep)
+        return dataclasses.replace(
+            summary,
+            sensor=[summary.sensor[i] for i in index],
+            kind=[summary.kind[i] for i in index],
+            site=[summary.site[i] for i in index],
+            n=summary.n[index],
+            min=summary.min[index],
+            max=summary.max[index],
+            mean=summary.mean[index],
+            last=summary.last[index],
+            extra={name: column[index] for name, column in summary.extra.items()},
+        )
 
     def _on_status(self, message: Inbound, delivery: Delivery) -> None:
         if not message.payload:  # a cleared retained status: the agent was removed

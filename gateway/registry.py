@@ -272,6 +272,18 @@ class Registry:
             sensor, owner, claimant, source, detail,
         )
 
+    def contested_rows(self, summary: Summary) -> list[int]:
+        """Rows of `summary` for sensors another agent owns (only while its agent contests one):
+        not stored in the owner's series, though the rest of the summary is."""
+        if summary.agent not in self._claimants:
+            return []
+        owners, agent, t1 = self._owners, summary.agent, summary.t1
+        return [
+            i
+            for i, sensor in enumerate(summary.sensor)
+            if (own := owners.get(sensor)) is not None and own.agent != agent and t1 > own.since_t1
+        ]
+
     def _listed_ms(self, agent: str, sensor: str) -> int:
         """When (gateway clock) `agent` last sent a summary listing `sensor`; 0 if it does not."""
         key = self._chunk_of.get((agent, sensor))
@@ -486,6 +498,7 @@ class Registry:
             columns[name] = [row[j] for row in rows.values()]
         levels = {s: r.last_level for s, r in self._alert_sensors.items()}
         columns["level"] = [levels.get(s, 0) for s in columns["sensor"]]
+        columns["owner"] = [self.owner(s) or "" for s in columns["sensor"]]
         return columns
 
     def snapshot(self, now_ms: int, counters: dict[str, int]) -> dict[str, Any]:
