@@ -81,6 +81,9 @@ LIVE_TARGET_S: Final = 2.0
 #: Messages published before the publisher waits for the broker's PUBACKs of them.
 PUBLISH_CHUNK: Final = 10_000
 TEN_YEARS_MS: Final = 10 * 365 * 86_400_000
+#: How far in the past "now" messages are stamped: VictoriaMetrics may not export a point of
+#: the last second yet (a sample that old is still live for ops).
+RECENT_MS: Final = 2_000
 
 
 def now_ms() -> int:
@@ -504,7 +507,8 @@ def run_backlog(
             raise LifelineError(f"the restarted gateway did not start draining:\n{gw.log()[-2000:]}")
         startup_s = time.monotonic() - t0
         live = dataclasses.replace(
-            make_alert(tag, alerts, start_ms=0, agent=agent, level=4, sensor=f"{tag}-LIVE"), ts=now_ms()
+            make_alert(tag, alerts, start_ms=0, agent=agent, level=4, sensor=f"{tag}-LIVE"),
+            ts=now_ms() - RECENT_MS,
         )
         t_live = time.monotonic()
         pub.publish(*alert_message(prefix, live))
@@ -623,11 +627,11 @@ def run_hijack(store: VictoriaMetricsServer, workdir: Path, *, log: Log = print)
         send(thief, status_message(prefix, "yz-b"), retain=True)
         future = make_summary("yz-b", ["GAS-B", "GAS-A"], now_ms() + TEN_YEARS_MS, tag="hijack")
         send(thief, (summary_topic(prefix, "yz-b"), future.encode()))  # the hijack of the issue
-        in_skew = make_summary("yz-b", ["GAS-B", "GAS-A"], now_ms(), tag="hijack")
+        in_skew = make_summary("yz-b", ["GAS-B", "GAS-A"], now_ms() - RECENT_MS, tag="hijack")
         send(thief, (summary_topic(prefix, "yz-b"), in_skew.encode()))  # a claim: a conflict
         real = Alert(id="yz-a:1", agent="yz-a", sensor="GAS-A", kind="pipe.gas", site="site-1",
                      township=TOWNSHIP, district=DISTRICT, rule="high", level=4, prev=0,
-                     value=60.0, ts=now_ms(), seq=1, limit=50.0)
+                     value=60.0, ts=now_ms() - RECENT_MS, seq=1, limit=50.0)
         forged = dataclasses.replace(real, id="yz-b:1", agent="yz-b", ts=real.ts + 1)
         forged_low = dataclasses.replace(real, id="yz-b:2", agent="yz-b", ts=real.ts + 2, seq=2, level=1)
         # yz-a's generated ACL block binds it to GAS-A's alert topic; yz-b's wide block lets it

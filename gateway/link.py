@@ -10,10 +10,10 @@
   them; statuses are taken by every gateway without sharing (they are few, retained, and every
   gateway's registry wants all of them; writing one twice writes the same point).
 
-paho runs on the caller's thread through its external-loop API (`loop_read`, `loop_write`,
-`loop_misc` after a `select`), not on a thread of its own: every callback then runs on the
-worker thread and goes straight into the pipeline, with no queue and no contention for the GIL
-between two busy threads, which roughly doubles the messages per second paho can take.
+paho runs on the caller's thread through its external-loop API (`read_once`: one turn of
+`loop_read`; `loop_write`, `loop_misc` after a `select`), not on a thread of its own: every
+callback then runs on the worker thread and goes straight into the pipeline, with no queue and
+no contention for the GIL between two busy threads, which roughly doubles the messages per second paho can take.
 The client is `pahofast.FastClient`, paho's client with a buffered receive path and lean QoS 1
 fast paths (acks and ops publishes are built into one buffer, written once per round): about a
 quarter of stock paho's CPU per alert. Reconnects are paced by `backoff_delays`.
@@ -220,7 +220,7 @@ class BrokerLink:
     def _read(self, sock: Any) -> bool:
         client = self._client
         for _ in range(_READ_BURST):
-            client.loop_read()  # one buffered recv, every complete packet in it handled
+            client.read_once()  # one buffered recv, every complete packet in it handled
             if client.socket() is None:
                 return True
             if not _pending(sock) and not select.select([sock], [], [], 0)[0]:

@@ -9,8 +9,9 @@ QoS 0 connection (client id `{client id}-live`) that the broker does not queue f
   connecting, so the registry knows every agent before the session's backlog reaches its alerts;
 - while the pipeline says the session is behind (`want_alerts(True)`) it also subscribes to the
   alert topics (shared as `$share/{group}-live/...` when the gateway is in a share group), and
-  the pipeline routes those alerts at once. The session's copy of each is stored later, without
-  routing it again.
+  the pipeline routes those alerts at once, publishing their routes on this connection (`publish`):
+  the session's connection may have thousands of the backlog's routes in flight ahead of them.
+  The session's copy of each alert is stored later, without routing it again.
 
 Nothing taken here is acknowledged, stored or dead-lettered: the session stays the record, so a
 message lost on this lane costs only latency. paho runs this connection on its own network
@@ -77,6 +78,7 @@ class LiveLane:
         if settings.tls:
             client.tls_set_context(tls_context(settings))
         client.reconnect_delay_set(1, max(1, int(settings.reconnect_max_s)))
+        client.max_inflight_messages_set(1000)  # live routes come in bursts at most
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -106,6 +108,11 @@ class LiveLane:
         stopper = threading.Thread(target=self._client.loop_stop, name="live-stop", daemon=True)
         stopper.start()
         stopper.join(timeout_s)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish a live alert's route at QoS 1 on this connection, ahead of any backlog of the
+        session's connection (paho sends it again after a reconnect until the broker has it)."""
+        self._client.publish(topic, payload, qos=1)
 
     def want_alerts(self, on: bool) -> None:
         """Take alerts over this lane (the session is behind), or stop taking them."""

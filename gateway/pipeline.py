@@ -22,11 +22,12 @@ acknowledged either) for that agent's status or summary, at most the registry's
 `unknown_hold_s`; the broker's receive maximum bounds how many wait (back-pressure: the broker
 holds the rest), and the live lane brings every retained status at once.
 
-While this gateway's session is behind (after a (re)connect, or while the receive maximum is
-used up), alerts also come over the live lane (`gateway.live`), a clean-session connection that
-is not queued behind the backlog: they are routed at once and only stored when the backlog
-reaches them (their routing is not repeated). The lane's alert subscription ends once the session
-keeps up again.
+While this gateway's session is behind (after a (re)connect, while the receive maximum is used
+up, or while it delivers only old messages), alerts also come over the live lane
+(`gateway.live`), a clean-session connection that is not queued behind the backlog: they are
+routed at once over that connection (the session's connection carries the backlog's routes,
+thousands of publishes ahead), and only stored when the backlog reaches them (their routing is
+not repeated). The lane's alert subscription ends once the session delivers fresh messages again.
 
 Batches are sealed when they reach `batch_points` or `batch_bytes`, or while a write slot is
 free, when their oldest message is `flush_interval` old or as soon as the queue of events is
@@ -120,9 +121,12 @@ class WriterPort(Protocol):
 
 
 class LivePort(Protocol):
-    """What the worker needs from the live lane: take alerts over it, or stop."""
+    """What the worker needs from the live lane: take alerts over it (or stop), and publish the
+    routes of the alerts it brought on its own connection."""
 
     def want_alerts(self, on: bool) -> None: ...
+
+    def publish(self, topic: str, payload: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +157,13 @@ ALERT_LINE_BYTES: Final = 256
 COMMIT_EVERY_S: Final = 0.05
 #: Pause before retrying a failed commit of the state file.
 COMMIT_RETRY_S: Final = 1.0
-#: The session counts as caught up after this long with nothing waiting at the broker for it.
+#: Window over which the session's lag is judged (and the least time it counts as behind).
 CATCH_UP_S: Final = 2.0
+#: The session is caught up when the freshest alert or summary of a window is this young (ms
+#: between its time and its arrival), or none came; it fell behind when even the freshest is
+#: older than BEHIND_LAG_MS.
+CAUGHT_UP_LAG_MS: Final = 2_000
+BEHIND_LAG_MS: Final = 10_000
 #: Most alert ids routed from the live lane and not yet seen on the session (oldest dropped).
 MAX_LIVE_ROUTED: Final = 100_000
 #: `max(level, prev)` from which an alert is routed even when the registry contradicts its agent.
@@ -247,6 +256,7 @@ class Pipeline:
         self._summary_head = f"{settings.prefix}/summary/"
         self._status_head = f"{settings.prefix}/status/"
         self._skew_ms = settings.clock_skew_ms
+        self._last_wall = 0  # the wall clock as `_future` last read it
         self._cache = PrefixCache()
         self._summaries = SummaryDecoder()
         self._alerts = AlertDecoder()
@@ -267,10 +277,13 @@ class Pipeline:
         #: Deliveries held until the dead-letter rows made for them are committed.
         self._dead_held: list[Delivery] = []
         self._next_commit = now
-        #: Whether the session is behind (the live lane takes alerts), since when, calm since when.
+        #: Whether the session is behind (the live lane takes alerts) and since when; the least
+        #: lag (arrival minus the message's own time) of the alerts and summaries of this window.
         self._behind = False
         self._behind_since = now
-        self._calm_since: float | None = None
+        self._lag_window = now
+        self._lag_min = BEHIND_LAG_MS * 1000
+        self._lag_seen = False
         #: Alert ids routed from the live lane, not yet taken from the session (insertion order).
         self._live_routed: dict[str, float] = {}
         #: district -> ops topics by alert level (see `_ops_topics`).
@@ -359,10 +372,18 @@ class Pipeline:
             self.ledger.hold(delivery)
             self._dead_held.append(delivery)
 
+    def _note_lag(self, ts: int) -> None:
+        """Keep the least lag of this window: how far behind its own time the session delivers."""
+        lag = self._last_wall - ts
+        if lag < self._lag_min:  # noqa: PLR1730 (hot path: no call)
+            self._lag_min = lag
+        self._lag_seen = True
+
     def _future(self, ts: int) -> int:
         """How many ms `ts` lies beyond the wall clock plus the allowed skew (0: it does not)."""
-        ahead = ts - self._wall_ms() - self._skew_ms
-        return max(0, ahead)
+        wall = self._last_wall = self._wall_ms()
+        ahead = ts - wall - self._skew_ms
+        return ahead if ahead > 0 else 0  # noqa: FURB136 (hot path: no call)
 
     def _refuse_future(
         self, what: str, ts: int, topic: str, payload: bytes, delivery: Delivery
@@ -389,6 +410,7 @@ class Pipeline:
         if self._future(alert.ts):
             verdict = AlertVerdict.FUTURE_TIMESTAMP
         else:
+            self._note_lag(alert.ts)
             verdict = self.registry.check_alert(alert)
         if verdict is AlertVerdict.ACCEPT:
             self._accept_alert(alert, message.payload, delivery, message.epoch)
@@ -419,7 +441,7 @@ class Pipeline:
         if self._live_routed and self._live_routed.pop(alert.id, None) is not None:
             return
         level, prev = alert.level, alert.prev
-        for topic in self._ops_topics(alert.district)[max(prev, level)]:
+        for topic in self._ops_topics(alert.district)[level if level > prev else prev]:  # noqa: FURB136 (hot path: no call)
             self._publish(topic, payload, delivery)
 
     def _ops_topics(self, district: str) -> list[tuple[str, ...]]:
@@ -564,6 +586,7 @@ class Pipeline:
         if self._future(summary.t1):
             self._refuse_future("window end t1", summary.t1, message.topic, message.payload, delivery)
             return
+        self._note_lag(summary.t1)
         self.counters.summaries += 1
         self.registry.on_summary(summary, self._wall_ms())
         self._publish_events()
@@ -656,7 +679,10 @@ class Pipeline:
                     if max(alert.level, alert.prev) < ALARM_LEVEL:
                         return  # the session's copy waits for its agent or is dead-lettered
                     payload = flag_unverified(payload, verdict, self._why(alert, verdict))
-                self._route(alert, payload, None)
+                assert self._live is not None  # live messages come only from a live lane
+                level, prev = alert.level, alert.prev
+                for ops in self._ops_topics(alert.district)[level if level > prev else prev]:  # noqa: FURB136
+                    self._live.publish(ops, payload)  # its own connection: no backlog ahead
                 if len(self._live_routed) >= MAX_LIVE_ROUTED:
                     del self._live_routed[next(iter(self._live_routed))]
                 self._live_routed[alert.id] = self._clock()
@@ -808,7 +834,6 @@ class Pipeline:
         if behind and not self._behind:
             self.counters.behind += 1
             self._behind_since = now
-        self._calm_since = None
         if behind != self._behind and self._live is not None:
             self._live.want_alerts(behind)
             if not behind:
@@ -822,18 +847,23 @@ class Pipeline:
         self._behind = behind
 
     def _check_behind(self, now: float, inbox_empty: bool) -> None:
-        """Behind while the broker holds deliveries back for us; caught up after CATCH_UP_S with
-        the socket read empty, room in the receive maximum and a healthy store."""
+        """Behind while the broker holds deliveries back for us (receive maximum used up) or
+        delivers only old messages; caught up once a CATCH_UP_S window brought fresh alerts or
+        summaries (or none while the socket was read empty), with room in the receive maximum
+        and a healthy store."""
         full = len(self.ledger) >= self.settings.max_inflight
+        if full and not self._behind:
+            self._set_behind(True)
+        if now - self._lag_window < CATCH_UP_S:
+            return
+        seen, lag = self._lag_seen, self._lag_min
+        self._lag_window, self._lag_seen, self._lag_min = now, False, BEHIND_LAG_MS * 1000
         if not self._behind:
-            if full:
+            if seen and lag > BEHIND_LAG_MS:
                 self._set_behind(True)
             return
-        if not inbox_empty or full or not self._writer.healthy:
-            self._calm_since = None
-        elif self._calm_since is None:
-            self._calm_since = now
-        elif now - self._calm_since >= CATCH_UP_S:
+        fresh = lag <= CAUGHT_UP_LAG_MS if seen else inbox_empty
+        if fresh and not full and self._writer.healthy and now - self._behind_since >= CATCH_UP_S:
             self._set_behind(False)
 
     def _commit_state(self, now: float) -> None:

@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from benchmarks import faults_gateway
 from edge_agent.contract import (
     Alert,
     Status,
@@ -260,20 +261,12 @@ def publish_summaries(pub: Publisher, prefix: str, summaries: list[Summary]) -> 
 
 def stored_alerts(store: VictoriaMetricsServer, tag: str) -> Counter[tuple[str, str, int]]:
     """How many `alert` points the store holds per (sensor, rule, ts) for sensors of `tag`."""
-    counts: Counter[tuple[str, str, int]] = Counter()
-    for series in store.export(f'{{__name__="alert_level",sensor=~"{tag}-S.*"}}', start_ms=0):
-        for ts in series.timestamps:
-            counts[(series.metric["sensor"], series.metric["rule"], ts)] += 1
-    return counts
+    return faults_gateway.stored_alerts(store, f"{tag}-S")
 
 
 def stored_readings(store: VictoriaMetricsServer, tag: str) -> Counter[tuple[str, int]]:
     """How many `reading` points the store holds per (sensor, t1) for agents of `tag`."""
-    counts: Counter[tuple[str, int]] = Counter()
-    for series in store.export(f'{{__name__="reading_n",sensor=~"{tag}-agent.*"}}', start_ms=0):
-        for ts in series.timestamps:
-            counts[(series.metric["sensor"], ts)] += 1
-    return counts
+    return faults_gateway.stored_readings(store, f"{tag}-agent")
 
 
 def expected_alerts(alerts: list[Alert]) -> Counter[tuple[str, str, int]]:
