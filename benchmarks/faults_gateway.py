@@ -402,6 +402,23 @@ def stored_readings(store: VictoriaMetricsServer, sensor_prefix: str) -> Counter
     return counts
 
 
+#: Longest wait for every acknowledged point to show in the store's export (VictoriaMetrics may
+#: take a moment to make freshly created series searchable on a loaded machine).
+VISIBLE_TIMEOUT_S: Final = 60.0
+
+
+def wait_stored(read: Callable[[], Counter[Any]], expected: Counter[Any]) -> Counter[Any]:
+    """Read the store until it holds every expected point, or VISIBLE_TIMEOUT_S passed; the last
+    read is returned either way (what is still missing then is lost)."""
+    deadline = time.monotonic() + VISIBLE_TIMEOUT_S
+    pause = threading.Event()
+    while True:
+        found = read()
+        if all(found.get(key, 0) for key in expected) or time.monotonic() > deadline:
+            return found
+        pause.wait(1.0)
+
+
 @dataclass(frozen=True)
 class Tally:
     """Offered against stored: what is missing, what is there twice, what was dead-lettered."""
@@ -528,7 +545,7 @@ def run_backlog(
         expected = Counter((a.sensor, a.rule, a.ts) for a in
                            (make_alert(tag, i, start_ms=start, agent=agent) for i in range(alerts)))
         expected[(live.sensor, live.rule, live.ts)] = 1
-        found = stored_alerts(store, f"{tag}-")
+        found = wait_stored(lambda: stored_alerts(store, f"{tag}-"), expected)
         return BacklogResult(
             alerts=alerts, keep_state=keep_state, store_latency_s=store_latency_s, publish_s=publish_s,
             startup_s=startup_s, drain_s=drain_s, peak_rss_mib=peak, live_latency_s=live_latency,
@@ -651,14 +668,15 @@ def run_hijack(store: VictoriaMetricsServer, workdir: Path, *, log: Log = print)
         owner_after = dict(zip(sensors["sensor"], sensors["owner"])).get("GAS-A")
         counters = gw.stop()
         dead = gw.dead_letters()
-        alerts_found = stored_alerts(store, "GAS-")
-        readings = stored_readings(store, "GAS-")
+        want_alerts: Counter[Any] = Counter({("GAS-A", "high", real.ts): 1})
+        want_rows: Counter[Any] = Counter({("GAS-A", t1): 1, ("GAS-B", in_skew.t1): 1})
+        alerts_found = wait_stored(lambda: stored_alerts(store, "GAS-"), want_alerts)
+        readings = wait_stored(lambda: stored_readings(store, "GAS-"), want_rows)
         log(f"  events: {[(e['event'], e['owner'], e['claimant'], e['source']) for e in watch.events]}")
         # What must be stored once: the owner's alarm and row, the thief's row of its own sensor
         # from the in-skew summary. Dead-lettered: the future summary, the in-skew summary's row of
         # GAS-A, the forged alarm (routed flagged) and the forged level-1 alert.
-        expected: Counter[Any] = Counter({("GAS-A", real.rule, real.ts): 1, ("GAS-A", t1): 1,
-                                          ("GAS-B", in_skew.t1): 1})
+        expected = want_alerts + want_rows
         return HijackResult(
             owner_after=owner_after or None,
             real_routed=real.id in watch.arrivals,
@@ -751,7 +769,7 @@ def run_bad_rows(
             letters = state.dead_letters(reason="store_rejected", limit=100_000)
         finally:
             state.close()
-        found = stored_readings(store, f"{tag}-agent")
+        found = wait_stored(lambda: stored_readings(store, f"{tag}-agent"), good)
         log(f"  store refused {proxy.stats.rejected} request(s); {len(letters)} row(s) dead-lettered")
         return BadRowsResult(
             summaries=summaries, rows=rows, bad=bad, acked=counters.get("acked", -1),
@@ -857,7 +875,7 @@ def run_slow_store(
         done = time.monotonic()
         peak = gw.peak_rss_mib()
         gw.stop()
-        found = stored_readings(store, f"{tag}-agent")
+        found = wait_stored(lambda: stored_readings(store, f"{tag}-agent"), expected)
         points = sum(expected.values())
         offered_s = max(last_publish - t0, 1e-9) if not backlog else 0.0
         result = SlowStoreResult(

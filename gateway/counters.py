@@ -34,6 +34,11 @@ class GatewayCounters:
     #: Alerts routed from the live lane ahead of this gateway's backlog, and times it fell behind.
     live_routed: int = 0
     behind: int = 0
+    #: Most deliveries held unacknowledged at once (the receive maximum bounds it, if the broker
+    #: keeps to it).
+    in_flight_peak: int = 0
+    #: Times the gateway stopped reading the broker because it held its receive maximum.
+    input_paused: int = 0
     summaries: int = 0
     statuses: int = 0
     acked: int = 0

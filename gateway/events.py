@@ -35,11 +35,13 @@ class LiveMessage(NamedTuple):
 
 
 class PublishAcked(NamedTuple):
-    """The broker acknowledged (or refused: reason code >= 0x80) one of our QoS 1 publishes."""
+    """The broker acknowledged (or refused: reason code >= 0x80) one of our QoS 1 publishes, on
+    the session's connection (`lane` 0) or the live lane's (1)."""
 
     mid: int
     refused: bool = False
     reason: str = ""
+    lane: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,12 +121,15 @@ class WriterPort(Protocol):
 
 
 class LivePort(Protocol):
-    """What the worker needs from the live lane: take alerts over it (or stop), and publish the
-    routes of the alerts it brought on its own connection."""
+    """What the worker needs from the live lane: take alerts over it (or stop), and publish
+    routes on its own connection (their PUBACKs come back as `PublishAcked` of lane 1)."""
+
+    @property
+    def connected(self) -> bool: ...
 
     def want_alerts(self, on: bool) -> None: ...
 
-    def publish(self, topic: str, payload: bytes) -> None: ...
+    def publish(self, topic: str, payload: bytes) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,12 @@ CAUGHT_UP_LAG_MS: Final = 2_000
 BEHIND_LAG_MS: Final = 10_000
 #: Most alert ids routed from the live lane and not yet seen on the session (oldest dropped).
 MAX_LIVE_ROUTED: Final = 100_000
+#: Most routes in flight on the live lane (the broker's Receive Maximum for one connection is
+#: larger: Mosquitto's max_inflight_messages, 20000 as deployed); beyond it routes use the session.
+LIVE_PUBLISHES: Final = 10_000
+#: While reading is paused for back-pressure, the session's socket is still read this often
+#: (keepalive: paho drops a connection that brings nothing for its keepalive).
+LIVENESS_READ_S: Final = 5.0
 #: `max(level, prev)` from which an alert is routed even when the registry contradicts its agent.
 ALARM_LEVEL: Final = 3
 
@@ -270,6 +279,8 @@ class Pipeline:
         self._draining = False
         self._publish_limit = 65535
         self._deferred: deque[tuple[str, bytes, bool, Delivery | None]] = deque()
+        #: Routes waiting for room on the live lane (LIVE_PUBLISHES in flight there).
+        self._live_deferred: deque[tuple[str, bytes, bool, Delivery | None]] = deque()
         #: Alerts waiting for their agent, oldest first (decided ones are skipped), and by agent.
         self._waiting: deque[_Waiting] = deque()
         self._waiting_agents: dict[str, deque[_Waiting]] = {}
@@ -284,6 +295,9 @@ class Pipeline:
         self._lag_window = now
         self._lag_min = BEHIND_LAG_MS * 1000
         self._lag_seen = False
+        #: When the session's socket was last read while paused, and whether it is paused now.
+        self._last_input = now
+        self._paused = False
         #: Alert ids routed from the live lane, not yet taken from the session (insertion order).
         self._live_routed: dict[str, float] = {}
         #: district -> ops topics by alert level (see `_ops_topics`).
@@ -318,6 +332,8 @@ class Pipeline:
         if message.dup:
             counters.redelivered += 1
         delivery = self.ledger.received(message.mid, message.qos, message.epoch)
+        if len(self.ledger) > counters.in_flight_peak:  # noqa: PLR1730 (hot path: no call)
+            counters.in_flight_peak = len(self.ledger)
         topic = message.topic
         try:
             if topic.startswith(self._alert_head):
@@ -679,10 +695,12 @@ class Pipeline:
                     if max(alert.level, alert.prev) < ALARM_LEVEL:
                         return  # the session's copy waits for its agent or is dead-lettered
                     payload = flag_unverified(payload, verdict, self._why(alert, verdict))
-                assert self._live is not None  # live messages come only from a live lane
+                # On the session's connection: while behind, the backlog's routes are on the live
+                # lane, so nothing is queued ahead of it; it holds no delivery, so its PUBACK,
+                # queued behind the backlog, keeps nothing waiting.
                 level, prev = alert.level, alert.prev
                 for ops in self._ops_topics(alert.district)[level if level > prev else prev]:  # noqa: FURB136
-                    self._live.publish(ops, payload)  # its own connection: no backlog ahead
+                    self._publish(ops, payload, None)
                 if len(self._live_routed) >= MAX_LIVE_ROUTED:
                     del self._live_routed[next(iter(self._live_routed))]
                 self._live_routed[alert.id] = self._clock()
@@ -704,9 +722,17 @@ class Pipeline:
         self, topic: str, payload: bytes, delivery: Delivery | None, *, retain: bool = False
     ) -> None:
         """Publish at QoS 1, holding `delivery` until the PUBACK; queued while the server's
-        Receive Maximum of our publishes is reached."""
+        Receive Maximum of our publishes is reached. While the session is behind, a route goes
+        over the live lane: its PUBACK must not queue behind the backlog the broker sends us."""
         if delivery is not None:
             self.ledger.hold(delivery)
+            live = self._live
+            if self._behind and live is not None and live.connected:
+                if self._live_deferred or self.ledger.live_publishes_pending >= LIVE_PUBLISHES:
+                    self._live_deferred.append((topic, payload, retain, delivery))
+                else:
+                    self.ledger.published(live.publish(topic, payload), delivery, 1)
+                return
         if self._deferred or self.ledger.publishes_pending >= self._publish_limit:
             self._deferred.append((topic, payload, retain, delivery))
         else:
@@ -717,6 +743,17 @@ class Pipeline:
         while deferred and ledger.publishes_pending < self._publish_limit:
             topic, payload, retain, delivery = deferred.popleft()
             ledger.published(publish(topic, payload, retain=retain), delivery)
+
+    def _publish_live_deferred(self) -> None:
+        """Routes waiting for room on the live lane; back to the session's queue if it is gone."""
+        waiting, ledger, live = self._live_deferred, self.ledger, self._live
+        if live is None or not live.connected:
+            self._deferred.extend(waiting)
+            waiting.clear()
+            return
+        while waiting and ledger.live_publishes_pending < LIVE_PUBLISHES:
+            topic, payload, _retain, delivery = waiting.popleft()
+            ledger.published(live.publish(topic, payload), delivery, 1)
 
     def _publish_events(self) -> None:
         """Publish the registry's ownership events on `P/event/{district}` (QoS 1)."""
@@ -748,7 +785,7 @@ class Pipeline:
         return cast(bytes, msgpack.packb(body, use_bin_type=True))
 
     def _on_publish_acked(self, event: PublishAcked) -> None:
-        routed = self.ledger.publish_acked(event.mid)
+        routed = self.ledger.publish_acked(event.mid, event.lane)
         if event.refused:
             self.counters.route_refused += 1
             held = self._throttle.allow("refused")
@@ -824,6 +861,8 @@ class Pipeline:
             self._publish_registry(now)
         if now >= self._next_stats:
             self._report_stats(now)
+        if self._live_deferred:
+            self._publish_live_deferred()
         if self._deferred and self._broker.connected:
             self._publish_deferred()
         self._commit_state(now)
@@ -866,6 +905,23 @@ class Pipeline:
         if fresh and not full and self._writer.healthy and now - self._behind_since >= CATCH_UP_S:
             self._set_behind(False)
 
+    def wants_input(self) -> bool:
+        """Whether to read the session's socket now. Not while the deliveries held reach the
+        receive maximum and none waits for a PUBACK on that socket (back-pressure: the broker
+        keeps the rest; Mosquitto 2.0.11 sends a resumed session more than its Receive
+        Maximum), except one read every LIVENESS_READ_S for the keepalive."""
+        if len(self.ledger) < self.settings.max_inflight or self.ledger.routes_pending:
+            self._paused = False
+            return True
+        now = self._clock()
+        if now - self._last_input >= LIVENESS_READ_S:
+            self._last_input = now
+            return True
+        if not self._paused:
+            self._paused = True
+            self.counters.input_paused += 1
+        return False
+
     def _commit_state(self, now: float) -> None:
         """Commit dead letters and registry changes; then release the deliveries they held."""
         if not self.state.pending or (now < self._next_commit and not self._draining):
@@ -903,6 +959,8 @@ class Pipeline:
             deadline = min(deadline, self._next_commit)
         if self._behind:
             deadline = min(deadline, now + 0.5)
+        if self._paused:
+            deadline = min(deadline, self._last_input + LIVENESS_READ_S)
         return max(0.0, deadline - now)
 
     def seal(self) -> None:

@@ -1,8 +1,9 @@
 """`lifeline gateway`: the central ingest from MQTT into the time-series store, with tier routing.
 
 Threads: the calling thread drives paho (external-loop API) and the worker (`Pipeline`) that
-owns all state; the store writer threads (`influx.max_writes`) write sealed batches and post
-their outcome back through a mailbox and a wake pipe, as does the live lane's paho thread. The
+owns all state, and also drives the live lane (a second connection, `live.py`) in the same
+select; the store writer threads (`influx.max_writes`) write sealed batches and post their
+outcome back through a mailbox and a wake pipe. The
 durable state (registry, dead letters) is one SQLite file in `gateway.state_dir`. A
 SIGTERM or SIGINT drains: no new messages are taken, open batches are written and acknowledged
 (for at most `DRAIN_S`), then the broker connection is closed with the session kept.
@@ -24,7 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.counters import GatewayCounters
 from gateway.events import Event
 from gateway.lineproto import load_kernels
-from gateway.link import BrokerLink, registry_topic
+from gateway.link import BrokerLink, registry_topic, select_links
 from gateway.live import LiveLane
 from gateway.pipeline import Pipeline, PipelineSettings
 from gateway.registry import Registry, offline_payload
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Longest a shutdown waits for open batches to be stored and acknowledged.
 DRAIN_S: Final = 10.0
+#: Longest the start waits for the live lane's subscription before connecting the session.
+LIVE_START_S: Final = 5.0
 #: Cyclic-GC thresholds of a gateway process: young collections every 50 k allocations, a full
 #: one every 20 M (minutes at full load) instead of every 70 k.
 GC_THRESHOLDS: Final = (50_000, 20, 20)
@@ -83,13 +86,7 @@ class GatewayService:
             retry_max_s=config.influx.retry_max_s,
             writes=config.influx.max_writes,
         )
-        self.live = (
-            LiveLane(
-                config.mqtt, client_id=self.link.client_id, share_group=gw.share_group, post=self._post
-            )
-            if gw.live_lane
-            else None
-        )
+        self.live = LiveLane(config.mqtt, gw, self._handle) if gw.live_lane else None
         self.pipeline = Pipeline(
             PipelineSettings(
                 prefix=prefix,
@@ -153,7 +150,7 @@ class GatewayService:
         )
         self.writer.start()
         if self.live is not None:
-            self.live.start()
+            self._start_live_lane(self.live)
         self.link.start()
         try:
             while not self._stop.is_set():
@@ -162,9 +159,27 @@ class GatewayService:
             self._shutdown()
         return 0
 
+    def _start_live_lane(self, live: LiveLane) -> None:
+        """Connect the live lane first and wait (bounded) for its subscriptions: it must take
+        live alerts from before the session's backlog comes."""
+        live.start()
+        deadline = time.monotonic() + LIVE_START_S
+        while not live.ready and not self._stop.is_set() and time.monotonic() < deadline:
+            select_links([(live, True)], 0.1, self._wake_r)
+        if not live.ready:
+            log.warning(
+                "live lane %s not subscribed after %.0f s; starting without it (live alerts wait "
+                "behind a backlog until it connects)",
+                live.client_id,
+                LIVE_START_S,
+            )
+
     def _round(self, timeout_s: float) -> bool:
         """One turn of the worker: broker traffic, store results, due batches and acks."""
-        drained = self.link.step(timeout_s, self._wake_r)
+        links = [(self.link, self.pipeline.wants_input())]
+        if self.live is not None:
+            links.append((self.live, True))
+        drained = select_links(links, timeout_s, self._wake_r)[0]
         mailbox, handle = self._mailbox, self.pipeline.handle
         while not mailbox.empty():
             handle(mailbox.get_nowait())

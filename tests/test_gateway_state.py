@@ -13,8 +13,8 @@ import pytest
 from edge_agent.contract import Status, alert_topic, decode_alert, status_topic
 from gateway.config import GatewaySection
 from gateway.counters import GatewayCounters
-from gateway.events import Connected, LiveMessage
-from gateway.pipeline import CATCH_UP_S, Pipeline, PipelineSettings
+from gateway.events import Connected, LiveMessage, PublishAcked
+from gateway.pipeline import CATCH_UP_S, LIVE_PUBLISHES, LIVENESS_READ_S, Pipeline, PipelineSettings
 from gateway.registry import AlertVerdict, Registry
 from gateway.state import AgentRow, DeadLetterReason, GatewayState, StateError
 from tests.test_gateway_pipeline import WALL_MS, Clock, Rig
@@ -156,12 +156,19 @@ def test_a_failed_commit_keeps_everything_for_the_next_one(tmp_path: Path) -> No
 class FakeLive:
     wanted: list[bool] = field(default_factory=list)
     published: list[tuple[str, bytes]] = field(default_factory=list)
+    connected: bool = True
 
     def want_alerts(self, on: bool) -> None:
         self.wanted.append(on)
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes) -> int:
         self.published.append((topic, payload))
+        return len(self.published)  # message ids 1, 2, ...
+
+    def puback_all(self, rig: Rig) -> None:
+        for mid in range(1, len(self.published) + 1):
+            rig.pipeline.handle(PublishAcked(mid, lane=1))
+        rig.poll()
 
 
 def live(rig: Rig, topic: str, payload: bytes) -> None:
@@ -178,14 +185,17 @@ def test_while_behind_live_alerts_are_routed_at_once_and_stored_when_the_backlog
     backlog = [alert("yz-a", "GAS-1", i) for i in range(1, 6)]
     fresh = alert("yz-a", "GAS-1", 99, level=4)
     live(rig, alert_topic(P, fresh.district, fresh.site, fresh.sensor), fresh.encode())
-    # routed over the live lane's own connection, ahead of the backlog still queued at the broker
-    # and of the backlog's routes in flight on the session's connection
-    assert [t for t, _ in lane.published] == [f"{P}/ops/{tier}/yuzhong" for tier in ("township", "district", "city")]
-    assert {decode_alert(p).id for _, p in lane.published} == {"yz-a:99"}
+    # routed at once, ahead of the backlog still queued at the broker; on the session's
+    # connection, whose outbound carries no backlog routes while behind (those use the lane)
+    assert set(routed(rig)) == {"yz-a:99"}
     for i, a in enumerate([*backlog, fresh]):
         send_alert(rig, a, mid=10 + i)
     settle(rig)
-    assert "yz-a:99" not in routed(rig)  # the session's copy is not routed again ...
+    lane.puback_all(rig)  # while behind, the backlog's routes go over the live lane
+    assert {decode_alert(p).id for _, p in lane.published} == {a.id for a in backlog}
+    assert isinstance(rig.broker, HistoryBroker)
+    ids = [decode_alert(p).id for t, p in rig.broker.history if "/ops/city/" in t]
+    assert ids.count("yz-a:99") == 1  # the session's copy is not routed again ...
     assert 99 in stored_alert_ids(rig)  # ... but stored
     assert rig.counters.live_routed == 1 and rig.acked_mids == [1, *range(10, 16)]
 
@@ -207,6 +217,7 @@ def test_the_live_lane_takes_alerts_until_the_session_delivers_fresh_ones_again(
     assert lane.wanted == [True]
     fresh = dataclasses.replace(alert("yz-a", "GAS-1", mid), ts=WALL_MS - 300)  # then live traffic
     send_alert(rig, fresh, mid=mid)
+    lane.puback_all(rig)
     rig.clock.now += CATCH_UP_S
     settle(rig)
     assert lane.wanted == [True, False] and rig.acked_mids == list(range(1, mid + 1))
@@ -254,7 +265,62 @@ def test_live_alarms_of_a_contradicted_agent_are_flagged_and_others_left_to_the_
     send_summary(rig, summary("yz-a", ["GAS-1"]), mid=1)
     for a in (alert("yz-b", "GAS-1", 1, level=4), alert("yz-b", "GAS-1", 2, level=1)):
         live(rig, alert_topic(P, a.district, a.site, a.sensor), a.encode())
-    alerts = {msgpack.unpackb(p)["id"]: msgpack.unpackb(p) for _, p in lane.published}
+    alerts = routed(rig)
     assert set(alerts) == {"yz-b:1"} and alerts["yz-b:1"]["verdict"] == AlertVerdict.WRONG_OWNER.value
     live(rig, alert_topic(P, "d", "s", "S"), msgpack.packb({"v": 1}))  # junk: ignored here
     assert rig.counters.bad_payloads == 0 and rig.pipeline.state.dead_letters() == []
+
+
+def test_while_behind_routes_go_over_the_live_lane_and_its_pubacks_release_the_deliveries() -> None:
+    """On the session's connection the broker's PUBACKs of our routes queue behind the backlog
+    it is sending: waiting for them there would mean reading the backlog into memory."""
+    lane = FakeLive()
+    state = GatewayState(":memory:")
+    rig = make_rig(Registry("gw", state=state), state, lane)
+    rig.pipeline.handle(Connected(1, True))
+    send_status(rig, "yz-a", mid=1)
+    for i in range(2, 6):
+        send_alert(rig, alert("yz-a", f"GAS-{i}", i), mid=i)
+    rig.poll()
+    rig.store_all()
+    assert [decode_alert(p).id for _, p in lane.published] == [f"yz-a:{i}" for i in range(2, 6)]
+    assert routed(rig) == {} and rig.acked_mids == [1]  # nothing on the session; not acked yet
+    lane.puback_all(rig)
+    assert rig.acked_mids == [1, 2, 3, 4, 5] and rig.counters.routed == 4
+
+
+def test_with_the_receive_maximum_held_the_session_is_not_read_but_for_the_keepalive() -> None:
+    lane = FakeLive()
+    state = GatewayState(":memory:")
+    rig = make_rig(Registry("gw", state=state), state, lane)  # max_inflight 50
+    rig.pipeline.handle(Connected(1, True))
+    send_status(rig, "yz-a", mid=1)
+    for i in range(2, 60):  # the broker sends more than the receive maximum (Mosquitto 2.0.11)
+        send_alert(rig, alert("yz-a", f"GAS-{i}", i), mid=i)
+    rig.poll()
+    assert not rig.pipeline.wants_input() and rig.counters.input_paused == 1
+    assert rig.pipeline.wait_s() <= LIVENESS_READ_S
+    rig.clock.now += LIVENESS_READ_S
+    assert rig.pipeline.wants_input()  # one read for the keepalive
+    assert not rig.pipeline.wants_input()
+    rig.store_all()
+    lane.puback_all(rig)  # stored and routed: acknowledged, room again
+    assert rig.pipeline.wants_input() and len(rig.acked_mids) == 59
+
+
+def test_when_the_live_lane_is_full_routes_wait_for_room_there_not_on_the_session() -> None:
+    lane = FakeLive()
+    state = GatewayState(":memory:")
+    rig = make_rig(Registry("gw", state=state), state, lane)
+    rig.pipeline.handle(Connected(1, True))
+    send_status(rig, "yz-a", mid=1)
+    for i in range(2, 2 + LIVE_PUBLISHES + 5):
+        send_alert(rig, alert("yz-a", f"GAS-{i % 50}", i), mid=i)
+    rig.poll()
+    assert len(lane.published) == LIVE_PUBLISHES and routed(rig) == {}
+    rig.pipeline.handle(PublishAcked(1, lane=1))
+    rig.poll()
+    assert len(lane.published) == LIVE_PUBLISHES + 1
+    lane.connected = False  # the lane is gone: what waits goes over the session after all
+    rig.poll()
+    assert len(routed(rig)) == 4
