@@ -1,8 +1,8 @@
 """Gateway faults with the real `lifeline gateway` process: a bad day at the centre, measured.
 
 Run: `python -m benchmarks.faults_gateway` (backlogs of 100 k and 1 M alerts, the store latency
-sweep, every fault; about 10 minutes), `--quick` (a 100 k backlog, short sweep and faults; about
-3 minutes), `--fault NAME ...` to pick some (`--list`); `--write` puts one row per fault into the
+sweep, every fault; about 12 minutes), `--quick` (a 100 k backlog, a 20 k one with the state
+lost, short sweep and faults; about 5 minutes), `--fault NAME ...` to pick some (`--list`); `--write` puts one row per fault into the
 "## Faults" table of RESULTS.md (offered, stored, lost, duplicated, dead-lettered) and the drain
 and throughput figures into "## Gateway faults".
 
@@ -941,7 +941,7 @@ def run_all(faults: Sequence[str], *, quick: bool, workdir: Path, command: str, 
             for size in sizes:
                 _backlog(report, run_dir / str(size), size, True, command, log)
         elif name == "backlog-state-lost":
-            _backlog(report, run_dir, sizes[0], False, command, log)
+            _backlog(report, run_dir, 20_000 if quick else sizes[0], False, command, log)
         elif name == "hijack":
             with ExitStack() as stack:
                 _, store = _servers(stack, run_dir)
@@ -977,7 +977,7 @@ def run_all(faults: Sequence[str], *, quick: bool, workdir: Path, command: str, 
                 f"{slow.stored_per_s:,.0f} points/s, all stored {slow.lag_s:.1f} s after the last publish",
                 slow.tally, command))
         elif name == "store-latency":
-            points = 100_000 if quick else 300_000
+            points = 50_000 if quick else 300_000
             for k, (latency, writes) in enumerate([(0.0, 4), (0.01, 4), (0.1, 4), (1.0, 4), (1.0, 1)]):
                 with ExitStack() as stack:
                     broker, store = _servers(stack, run_dir / str(k))

@@ -25,9 +25,11 @@ holds the rest), and the live lane brings every retained status at once.
 While this gateway's session is behind (after a (re)connect, while the receive maximum is used
 up, or while it delivers only old messages), alerts also come over the live lane
 (`gateway.live`), a clean-session connection that is not queued behind the backlog: they are
-routed at once over that connection (the session's connection carries the backlog's routes,
-thousands of publishes ahead), and only stored when the backlog reaches them (their routing is
-not repeated). The lane's alert subscription ends once the session delivers fresh messages again.
+routed at once, and only stored when the backlog reaches them (their routing is not repeated).
+Meanwhile the backlog's routes are published on the live lane, so their PUBACKs do not queue
+behind the backlog on the session's connection, and `wants_input` can stop reading the session
+while the receive maximum is held (back-pressure). The lane's alert subscription ends once the
+session delivers fresh messages again.
 
 Batches are sealed when they reach `batch_points` or `batch_bytes`, or while a write slot is
 free, when their oldest message is `flush_interval` old or as soon as the queue of events is
