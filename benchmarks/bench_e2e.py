@@ -494,7 +494,7 @@ def run_case(case: E2ECase, workdir: Path, *, log: Callable[[str], None] = print
             mqtt_url=broker.url, prefix=PREFIX, state_dir=workdir / "state", run_dir=workdir / "run",
             agent_keys={"window_s": case.window_s, "status_interval_s": STATUS_INTERVAL_S}))
         gw_config = workdir / "config" / "gateway.toml"
-        gw_config.write_text(gateway_toml(broker, store))
+        gw_config.write_text(gateway_toml(broker, store, workdir / "gateway-state"))
         precompile(configs[0], workdir)
         collector = stack.enter_context(AlertCollector(settings, client_id="lifeline-bench-collect"))
         ops = stack.enter_context(OpsListener(settings))

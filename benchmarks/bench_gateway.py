@@ -38,6 +38,7 @@ import platform
 import queue
 import socket
 import statistics
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -189,6 +190,7 @@ def gateway_config(
                 "id": gateway_id,
                 "share_group": group,
                 "stats_interval_s": 3600,
+                "state_dir": tempfile.mkdtemp(prefix="lifeline-bench-gw-state-"),
             },
         }
     )

@@ -430,7 +430,7 @@ class Chain:
         self.configs = self._write_agent_configs()
         self.gw_config = workdir / "config" / "gateway.toml"
         share = "" if self.share_group is None else f'share_group = "{self.share_group}"\n'
-        self.gw_config.write_text(gateway_toml(self.broker, self.store) + share)
+        self.gw_config.write_text(gateway_toml(self.broker, self.store, workdir / "gateway-state") + share)
         precompile(self.configs[0], workdir)
         self.tap = stack.enter_context(ChainTap(self.settings))
         self.collector = stack.enter_context(AlertCollector(self.settings, client_id="lifeline-fault-collect"))

@@ -13,12 +13,19 @@ from datetime import datetime, timezone
 from benchmarks.suite import read_section, table_rows, write_section
 
 SECTION = "## Faults"
-HEADER = ("| fault | load while it happened | lost | duplicates in the store | recovery s | command | when (UTC) |\n"
-          "| --- | --- | --- | ---: | ---: | --- | --- |\n")
+HEADER = ("| fault | load while it happened | offered | stored | lost | duplicates in the store | dead-lettered "
+          "| recovery s | command | when (UTC) |\n"
+          "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |\n")
 INTRO = ("Each fault is injected while data flows; afterwards the store is read back and compared with "
          "what was sent. *Lost* must be nothing: every alert and summary row the agent produced is in the "
-         "store exactly once. *Recovery* is the time from the end of the fault until data flows again "
-         "end to end (the first new alert or row in the store). 2-core machine shared with other work.\n")
+         "store exactly once. *Offered* and *stored* count the points (alerts, summary rows) that should be "
+         "in the store, and *dead-lettered* the records the gateway kept in its dead-letter file instead "
+         "(with their reason) where the fault is about refusing something; `-` where a run does not count "
+         "them. *Recovery* is the time from the end of the fault until data flows again end to end (the "
+         "first new alert or row in the store; for a gateway restart, until it takes its first message). "
+         "2-core machine shared with other work.\n")
+#: Cells of a row written before the offered, stored and dead-lettered columns existed.
+_OLD_CELLS = 7
 
 
 @dataclass(frozen=True)
@@ -31,16 +38,28 @@ class FaultOutcome:
     duplicates: int
     recovery_s: float | None
     command: str
+    offered: str = "-"
+    stored: str = "-"
+    dead_lettered: str = "-"
 
     def row(self, when: str) -> str:
         recovery = "-" if self.recovery_s is None else f"{self.recovery_s:.1f}"
-        return (f"| {self.fault} | {self.load} | {self.lost} | {self.duplicates} | {recovery} | "
-                f"`{self.command}` | {when} |")
+        return (f"| {self.fault} | {self.load} | {self.offered} | {self.stored} | {self.lost} | "
+                f"{self.duplicates} | {self.dead_lettered} | {recovery} | `{self.command}` | {when} |")
+
+
+def _widen(row: str) -> str:
+    """A row of the old layout with `-` in the offered, stored and dead-lettered columns."""
+    cells = [c.strip() for c in row.strip().strip("|").split(" | ")]
+    if len(cells) != _OLD_CELLS:
+        return row
+    fault, load, lost, duplicates, recovery, command, when = cells
+    return f"| {fault} | {load} | - | - | {lost} | {duplicates} | - | {recovery} | {command} | {when} |"
 
 
 def write_fault_rows(outcomes: list[FaultOutcome]) -> None:
     """Put these outcomes in the table, replacing rows of the same fault and keeping the others."""
-    rows = table_rows(read_section(SECTION))
+    rows = {fault: _widen(row) for fault, row in table_rows(read_section(SECTION)).items()}
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     for outcome in outcomes:
         rows[outcome.fault] = outcome.row(when)

@@ -195,7 +195,7 @@ def run_soak(case: E2ECase, workdir: Path, *, sample_s: float, warmup_s: float, 
             mqtt_url=broker.url, prefix=PREFIX, state_dir=workdir / "state", run_dir=workdir / "run",
             agent_keys={"window_s": case.window_s, "status_interval_s": STATUS_INTERVAL_S}))
         gw_config = workdir / "config" / "gateway.toml"
-        gw_config.write_text(gateway_toml(broker, store))
+        gw_config.write_text(gateway_toml(broker, store, workdir / "gateway-state"))
         precompile(configs[0], workdir)
         collector = stack.enter_context(AlertCollector(settings, client_id="lifeline-soak-collect"))
         seqs = stack.enter_context(SeqWatch(settings))

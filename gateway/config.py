@@ -18,8 +18,9 @@ from lifeline.config import (
     read_secret_file,
 )
 
-#: What the gateway does with an alert naming an agent it has no status or summary of.
-UnknownAgents = Literal["refuse", "accept"]
+#: What the gateway does with an alert naming an agent it has no status or summary of (once its
+#: wait is over): keep it in the dead-letter file, or store and route it flagged as unverified.
+UnknownAgents = Literal["dead_letter", "accept"]
 
 
 class InfluxSettings(ConfigSection):
@@ -31,9 +32,13 @@ class InfluxSettings(ConfigSection):
     #: Token inline; or `token_file`; or the environment variable LIFELINE_INFLUX_TOKEN.
     token: SecretStr = Field(default=SecretStr(""), repr=False)
     token_file: Path | None = None
-    #: Points per write request.
+    #: Most points in one write request: batches grow towards it while every write slot is busy.
     batch_size: int = Field(default=5000, ge=1, le=100_000)
-    #: Longest a point waits for its batch to fill, in milliseconds.
+    #: Most bytes of line protocol in one write request (the other bound of a batch).
+    batch_max_bytes: int = Field(default=8 * 1024 * 1024, ge=4096, le=256 * 1024 * 1024)
+    #: Write requests in flight at once; a slow store is kept busy by several.
+    max_writes: int = Field(default=4, ge=1, le=64)
+    #: Longest a point waits for its batch while a write slot is free, in milliseconds.
     flush_interval_ms: int = Field(default=200, ge=1, le=60_000)
     timeout_ms: int = Field(default=10_000, ge=100)
     #: First and longest pause between retries of a failed write (capped, jittered backoff).
@@ -87,8 +92,28 @@ class GatewaySection(ConfigSection):
     agents: list[Ident] = Field(default_factory=list)
     #: An alert naming an agent never heard of waits this long for the agent's status or summary.
     unknown_agent_hold_s: float = Field(default=10.0, ge=0, le=600)
-    #: ... and is then refused (the default) or accepted.
-    unknown_agents: UnknownAgents = "refuse"
+    #: ... and then goes to the dead-letter file (the default) or is accepted as unverified.
+    unknown_agents: UnknownAgents = "dead_letter"
+    #: Sensors whose owner is fixed here (sensor id -> agent id); summaries never move them.
+    owners: dict[Ident, Ident] = Field(default_factory=dict)
+    #: A sensor listed by another agent than its owner moves to it only after the claimant listed
+    #: it this long while the owner, still sending summaries, no longer did.
+    owner_move_s: float = Field(default=600.0, ge=0, le=30 * 86400)
+    #: Times further ahead of this gateway's clock than this are refused, never believed.
+    clock_skew_s: float = Field(default=300.0, gt=0, le=86400)
+    #: Directory of the gateway's durable state (`{id}.sqlite`: registry and dead letters).
+    state_dir: Path = Path("/var/lib/lifeline-gateway")
+    #: Most MiB the dead-letter records may take; beyond it the oldest go first (counted).
+    dead_letter_max_mb: int = Field(default=256, ge=1, le=1024 * 1024)
+    #: Open a second, clean-session connection for retained statuses and for alerts while this
+    #: gateway's session is behind (restart backlog, slow store), so live alerts are not queued
+    #: behind it.
+    live_lane: bool = True
+
+    @property
+    def state_path(self) -> Path:
+        """The SQLite file of this gateway's durable state."""
+        return self.state_dir / f"{self.id}.sqlite"
 
 
 class GatewayConfig(ConfigSection):

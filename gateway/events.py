@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from gateway.store import WriteOutcome
+from gateway.store import RejectedLine, WriteOutcome
 
 
 class Inbound(NamedTuple):
@@ -27,12 +27,21 @@ class Inbound(NamedTuple):
     epoch: int
 
 
+class LiveMessage(NamedTuple):
+    """A message of the live lane (clean session, QoS 0): never acknowledged, never stored."""
+
+    topic: str
+    payload: bytes
+
+
 class PublishAcked(NamedTuple):
-    """The broker acknowledged (or refused: reason code >= 0x80) one of our QoS 1 publishes."""
+    """The broker acknowledged (or refused: reason code >= 0x80) one of our QoS 1 publishes, on
+    the session's connection (`lane` 0) or the live lane's (1)."""
 
     mid: int
     refused: bool = False
     reason: str = ""
+    lane: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,8 @@ class BatchDone:
     number: int
     outcome: WriteOutcome
     points: int
+    #: Rows the store refused, each with the store's message (the batch's other rows are stored).
+    rejected: tuple[RejectedLine, ...] = ()
 
 
-Event = Inbound | PublishAcked | Connected | Disconnected | BatchDone
+Event = Inbound | LiveMessage | PublishAcked | Connected | Disconnected | BatchDone

@@ -31,8 +31,11 @@ class AckLedger:
         self._order: deque[Delivery] = deque()
         #: Publish message ids awaiting the broker's PUBACK, oldest first per id: paho reuses an
         #: id only once its PUBACK came in, so the first waiter of an id is the one acknowledged.
-        self._routes: dict[int, deque[Delivery | None]] = {}
-        self._publishes = 0
+        #: One map per connection (0: the session's, 1: the live lane's): their ids are apart.
+        self._routes: tuple[dict[int, deque[Delivery | None]], ...] = ({}, {})
+        self._publishes = [0, 0]
+        #: Publishes of each connection that hold a delivery (routes, not registry snapshots).
+        self._holding = [0, 0]
 
     def __len__(self) -> int:
         """Deliveries received and not yet acknowledged (messages in flight)."""
@@ -54,33 +57,50 @@ class AckLedger:
         """Drop one hold on `delivery`."""
         delivery.holds -= 1
 
-    def published(self, publish_mid: int, delivery: Delivery | None) -> None:
-        """Note a QoS 1 publish made for `delivery` (held by the caller); its PUBACK releases it."""
-        self._publishes += 1
-        waiters = self._routes.get(publish_mid)
+    def published(self, publish_mid: int, delivery: Delivery | None, lane: int = 0) -> None:
+        """Note a QoS 1 publish made for `delivery` (held by the caller) on connection `lane`;
+        its PUBACK releases it."""
+        self._publishes[lane] += 1
+        if delivery is not None:
+            self._holding[lane] += 1
+        routes = self._routes[lane]
+        waiters = routes.get(publish_mid)
         if waiters is None:
-            self._routes[publish_mid] = deque((delivery,))
+            routes[publish_mid] = deque((delivery,))
         else:
             waiters.append(delivery)
 
-    def publish_acked(self, publish_mid: int) -> bool:
-        """The broker acknowledged the publish with this id: release what it held (True if any)."""
-        waiters = self._routes.get(publish_mid)
+    def publish_acked(self, publish_mid: int, lane: int = 0) -> bool:
+        """The broker acknowledged the publish with this id on connection `lane`: release what
+        it held (True if any)."""
+        routes = self._routes[lane]
+        waiters = routes.get(publish_mid)
         if not waiters:
             return False
         delivery = waiters.popleft()
-        self._publishes -= 1
+        self._publishes[lane] -= 1
         if not waiters:
-            del self._routes[publish_mid]
+            del routes[publish_mid]
         if delivery is None:
             return False
+        self._holding[lane] -= 1
         delivery.holds -= 1
         return True
 
     @property
+    def routes_pending(self) -> int:
+        """Publishes on the session's connection that hold a delivery until their PUBACK."""
+        return self._holding[0]
+
+    @property
     def publishes_pending(self) -> int:
-        """Publishes still waiting for the broker's PUBACK."""
-        return self._publishes
+        """Publishes on the session's connection still waiting for the broker's PUBACK."""
+        return self._publishes[0]
+
+    @property
+    def live_publishes_pending(self) -> int:
+        """Publishes on the live lane still waiting for the broker's PUBACK."""
+        return self._publishes[1]
 
     def ready(self) -> list[Delivery]:
         """Pop the deliveries that may be acknowledged now, oldest first."""
@@ -91,7 +111,10 @@ class AckLedger:
         return out
 
     def forget(self) -> int:
-        """Drop every pending delivery (the connection they came on is gone); returns how many."""
+        """Drop every pending delivery (the connection they came on is gone); returns how many.
+
+        Publishes still waiting for a PUBACK stay tracked (paho re-sends them): when it comes it
+        releases a delivery that is no longer in the order, which changes nothing."""
         dropped = len(self._order)
         self._order.clear()
         return dropped

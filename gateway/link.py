@@ -10,10 +10,10 @@
   them; statuses are taken by every gateway without sharing (they are few, retained, and every
   gateway's registry wants all of them; writing one twice writes the same point).
 
-paho runs on the caller's thread through its external-loop API (`loop_read`, `loop_write`,
-`loop_misc` after a `select`), not on a thread of its own: every callback then runs on the
-worker thread and goes straight into the pipeline, with no queue and no contention for the GIL
-between two busy threads, which roughly doubles the messages per second paho can take.
+paho runs on the caller's thread through its external-loop API (`read_once`: one turn of
+`loop_read`; `loop_write`, `loop_misc` after a `select`), not on a thread of its own: every
+callback then runs on the worker thread and goes straight into the pipeline, with no queue and
+no contention for the GIL between two busy threads, which roughly doubles the messages per second paho can take.
 The client is `pahofast.FastClient`, paho's client with a buffered receive path and lean QoS 1
 fast paths (acks and ops publishes are built into one buffer, written once per round): about a
 quarter of stock paho's CPU per alert. Reconnects are paced by `backoff_delays`.
@@ -72,6 +72,23 @@ def _drain(fd: int) -> None:
         pass
 
 
+def select_links(links: list[tuple[BrokerLink, bool]], timeout_s: float, wake_fd: int) -> list[bool]:
+    """One `select` over several links' sockets (with whether to read each) and `wake_fd`, then
+    each link handles its share; returns, per link, whether its socket had no more to read."""
+    readers: list[Any] = [wake_fd]
+    writers: list[Any] = []
+    wait = max(0.0, min(timeout_s, _MAX_WAIT_S))
+    for link, read in links:
+        r, w, most = link.wait_set(read)
+        readers += r
+        writers += w
+        wait = min(wait, most)
+    readable, _, _ = select.select(readers, writers, [], wait)
+    if wake_fd in readable:
+        _drain(wake_fd)
+    return [link.after_select(readable, read) for link, read in links]
+
+
 def registry_topic(prefix: str, gateway: str) -> str:
     """`P/registry/{gateway}`: this gateway's retained registry snapshot (an extra topic)."""
     return f"{prefix}/registry/{gateway}"
@@ -101,12 +118,18 @@ class BrokerLink:
         *,
         will: tuple[str, bytes] | None = None,
         rng: random.Random | None = None,
+        client_id: str | None = None,
+        clean_start: bool = False,
+        session_expiry_s: int | None = None,
     ) -> None:
         self.settings = settings
-        self.client_id = client_id_for(settings, gateway)
+        self.client_id = client_id or client_id_for(settings, gateway)
         self.filters = subscriptions(settings.prefix, gateway.share_group)
         self.receive_maximum = min(gateway.max_inflight, MAX_RECEIVE_MAXIMUM)
-        self._session_expiry_s = gateway.session_expiry_s
+        self._clean_start = clean_start
+        self._session_expiry_s = (
+            gateway.session_expiry_s if session_expiry_s is None else session_expiry_s
+        )
         self._on_event = on_event
         self._epoch = 0
         self._throttle = LogThrottle(30.0)
@@ -166,40 +189,44 @@ class BrokerLink:
             self.settings.host,
             self.settings.port,
             keepalive=self.settings.keepalive_s,
-            clean_start=False,
+            clean_start=self._clean_start,
             properties=props,
         )
         return client
 
     # ------------------------------------------------------------------ driving paho
 
-    def step(self, timeout_s: float, wake_fd: int) -> bool:
+    def step(self, timeout_s: float, wake_fd: int, *, read: bool = True) -> bool:
         """Wait up to `timeout_s` for broker traffic or `wake_fd`, handle what came in.
 
-        Returns True when the socket had no more data to read (the pipeline may treat the
-        inbound side as idle).
+        With `read` False the socket is not read (back-pressure: the broker keeps what it has
+        not sent); queued packets are still written. Returns True when the socket had no more
+        data to read (the pipeline may treat the inbound side as idle). One link alone; the
+        service drives the session and the live lane together with `select_links`.
         """
+        return select_links([(self, read)], timeout_s, wake_fd)[0]
+
+    def wait_set(self, read: bool) -> tuple[list[Any], list[Any], float]:
+        """What to select on for this link (readers, writers) and how long it may wait at most."""
         client = self._client
         sock = client.socket()
-        now = time.monotonic()
         if sock is None:
-            wait = max(0.0, min(timeout_s, self._next_attempt - now, _MAX_WAIT_S))
-            if select.select([wake_fd], [], [], wait)[0]:
-                _drain(wake_fd)
+            return [], [], max(0.0, min(self._next_attempt - time.monotonic(), _MAX_WAIT_S))
+        if read and _pending(sock):
+            return [], [], 0.0  # TLS holds decrypted bytes select() cannot see: read them now
+        return ([sock] if read else []), ([sock] if client.want_write() else []), _MAX_WAIT_S
+
+    def after_select(self, readable: list[Any], read: bool) -> bool:
+        """Handle this link's share of a select (read, write, keepalive, reconnect); True when
+        its socket had no more data to read."""
+        client = self._client
+        sock = client.socket()
+        if sock is None:
             if time.monotonic() >= self._next_attempt:
                 self._attempt_connect()
             return True
-        readable: list[Any] = [sock]
-        if not _pending(sock):
-            watched: list[Any] = [sock, wake_fd]
-            writers: list[Any] = [sock] if client.want_write() else []
-            readable, _, _ = select.select(
-                watched, writers, [], max(0.0, min(timeout_s, _MAX_WAIT_S))
-            )
-        if wake_fd in readable:
-            _drain(wake_fd)
         drained = True
-        if sock in readable:
+        if read and (sock in readable or _pending(sock)):
             drained = self._read(sock)
         self.flush()
         client.loop_misc()
@@ -208,7 +235,7 @@ class BrokerLink:
     def _read(self, sock: Any) -> bool:
         client = self._client
         for _ in range(_READ_BURST):
-            client.loop_read()  # one buffered recv, every complete packet in it handled
+            client.read_once()  # one buffered recv, every complete packet in it handled
             if client.socket() is None:
                 return True
             if not _pending(sock) and not select.select([sock], [], [], 0)[0]:
@@ -293,8 +320,7 @@ class BrokerLink:
             return
         self._throttle.reset("refused")
         self._throttle.reset("connect")
-        self._connected_at = time.monotonic()
-        self._epoch += 1
+        self._mark_connected()
         server_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
         log.info(
             "connected to %s as %s (session %s); subscribing to %s",
@@ -331,14 +357,23 @@ class BrokerLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if self._note_disconnected():
+            self._on_event(Disconnected(str(reason)))
+
+    def _mark_connected(self) -> None:
+        """A connection was accepted: count it (`epoch`)."""
+        self._connected_at = time.monotonic()
+        self._epoch += 1
+
+    def _note_disconnected(self) -> bool:
+        """The connection is gone: pace the next attempt; True if it had been accepted."""
         now = time.monotonic()
         if self._connected_at is not None and now - self._connected_at >= _STABLE_AFTER_S:
             self._delays = self._new_delays()
         was_connected = self._connected_at is not None
         self._connected_at = None
         self._next_attempt = now + next(self._delays)
-        if was_connected:
-            self._on_event(Disconnected(str(reason)))
+        return was_connected
 
     def _on_subscribe(
         self,

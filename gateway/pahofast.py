@@ -18,6 +18,8 @@ its PUBACK out, one to three PUBLISHes out and their PUBACKs in) that is most of
   reconnect exactly as it would its own (same mid, DUP set).
 - `_sock_close`: also drops both buffers, so no byte of an old connection (a PUBACK with an old
   message id, half a packet) ever reaches a new one.
+- `read_once`: one turn of paho's `loop_read` (which loops up to once per message in flight for
+  as long as data comes, seconds while a broker streams a backlog).
 
 Supported paho-mqtt versions: `SUPPORTED_PAHO`; any other version makes `FastClient` refuse to
 be built, and `tests/test_gateway_link_paho.py` pins the source of every paho internal relied
@@ -211,6 +213,19 @@ class FastClient(mqtt.Client):
         super()._sock_close()
 
     # ------------------------------------------------------------------ reading
+
+    def read_once(self) -> MQTTErrorCode:
+        """One buffered `recv` with every complete packet in it handled: one turn of paho's
+        `loop_read`. paho's own `loop_read` goes on reading, up to once per message in flight,
+        while data keeps coming: with thousands of publishes in flight and a broker streaming a
+        backlog that keeps the caller (the gateway's worker: its acks, timers and mailbox) away
+        for seconds."""
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        rc = self._packet_read()
+        if rc > 0:
+            return self._loop_rc_handle(rc)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _packet_read(self) -> MQTTErrorCode:
         try:

@@ -1,8 +1,10 @@
 """`lifeline gateway`: the central ingest from MQTT into the time-series store, with tier routing.
 
 Threads: the calling thread drives paho (external-loop API) and the worker (`Pipeline`) that
-owns all state; the store writer thread writes sealed batches and posts their outcome back
-through a mailbox and a wake pipe. A
+owns all state, and also drives the live lane (a second connection, `live.py`) in the same
+select; the store writer threads (`influx.max_writes`) write sealed batches and post their
+outcome back through a mailbox and a wake pipe. The
+durable state (registry, dead letters) is one SQLite file in `gateway.state_dir`. A
 SIGTERM or SIGINT drains: no new messages are taken, open batches are written and acknowledged
 (for at most `DRAIN_S`), then the broker connection is closed with the session kept.
 """
@@ -23,9 +25,11 @@ from gateway.config import GatewayConfig
 from gateway.counters import GatewayCounters
 from gateway.events import Event
 from gateway.lineproto import load_kernels
-from gateway.link import BrokerLink, registry_topic
+from gateway.link import BrokerLink, registry_topic, select_links
+from gateway.live import LiveLane
 from gateway.pipeline import Pipeline, PipelineSettings
 from gateway.registry import Registry, offline_payload
+from gateway.state import GatewayState
 from gateway.store import InfluxStore, LineSink
 from gateway.writer import StoreWriter
 
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Longest a shutdown waits for open batches to be stored and acknowledged.
 DRAIN_S: Final = 10.0
+#: Longest the start waits for the live lane's subscription before connecting the session.
+LIVE_START_S: Final = 5.0
 #: Cyclic-GC thresholds of a gateway process: young collections every 50 k allocations, a full
 #: one every 20 M (minutes at full load) instead of every 70 k.
 GC_THRESHOLDS: Final = (50_000, 20, 20)
@@ -59,7 +65,10 @@ class GatewayService:
         gw = config.gateway
         prefix = config.mqtt.prefix
         self.counters = GatewayCounters()
-        self.registry = Registry.for_gateway(gw)
+        self.state = GatewayState(
+            gw.state_path, dead_letter_max_bytes=gw.dead_letter_max_mb * 1024 * 1024
+        )
+        self.registry = Registry.for_gateway(gw, self.state)
         topic = registry_topic(prefix, gw.id)
         #: Events from other threads (the store writer); the wake pipe ends the worker's select.
         self._mailbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -75,21 +84,28 @@ class GatewayService:
             counters=self.counters,
             retry_initial_s=config.influx.retry_initial_s,
             retry_max_s=config.influx.retry_max_s,
+            writes=config.influx.max_writes,
         )
+        self.live = LiveLane(config.mqtt, gw, self._handle) if gw.live_lane else None
         self.pipeline = Pipeline(
             PipelineSettings(
                 prefix=prefix,
                 gateway_id=gw.id,
                 batch_points=config.influx.batch_size,
+                batch_bytes=config.influx.batch_max_bytes,
                 flush_interval_s=config.influx.flush_interval_ms / 1000,
                 registry_interval_s=gw.registry_interval_s,
                 stats_interval_s=gw.stats_interval_s,
                 registry_topic=topic,
+                max_inflight=self.link.receive_maximum,
+                clock_skew_ms=int(gw.clock_skew_s * 1000),
             ),
             broker=self.link,
             writer=self.writer,
             counters=self.counters,
             registry=self.registry,
+            state=self.state,
+            live=self.live,
         )
         self._stop = threading.Event()
 
@@ -117,7 +133,8 @@ class GatewayService:
         gw = self.config.gateway
         log.info(
             "gateway %s: broker %s (client %s, share group %s, receive maximum %d), "
-            "store %s bucket %s",
+            "store %s bucket %s (%d writes at once), state %s (%d agents, %d sensor owners, "
+            "%d dead letters)",
             gw.id,
             self.config.mqtt.url,
             self.link.client_id,
@@ -125,8 +142,15 @@ class GatewayService:
             self.link.receive_maximum,
             self.config.influx.url,
             self.config.influx.bucket,
+            self.config.influx.max_writes,
+            self.state.path,
+            len(self.registry.agents),
+            len(self.state.owners()),
+            self.state.dead_letter_rows,
         )
         self.writer.start()
+        if self.live is not None:
+            self._start_live_lane(self.live)
         self.link.start()
         try:
             while not self._stop.is_set():
@@ -135,9 +159,27 @@ class GatewayService:
             self._shutdown()
         return 0
 
+    def _start_live_lane(self, live: LiveLane) -> None:
+        """Connect the live lane first and wait (bounded) for its subscriptions: it must take
+        live alerts from before the session's backlog comes."""
+        live.start()
+        deadline = time.monotonic() + LIVE_START_S
+        while not live.ready and not self._stop.is_set() and time.monotonic() < deadline:
+            select_links([(live, True)], 0.1, self._wake_r)
+        if not live.ready:
+            log.warning(
+                "live lane %s not subscribed after %.0f s; starting without it (live alerts wait "
+                "behind a backlog until it connects)",
+                live.client_id,
+                LIVE_START_S,
+            )
+
     def _round(self, timeout_s: float) -> bool:
         """One turn of the worker: broker traffic, store results, due batches and acks."""
-        drained = self.link.step(timeout_s, self._wake_r)
+        links = [(self.link, self.pipeline.wants_input())]
+        if self.live is not None:
+            links.append((self.live, True))
+        drained = select_links(links, timeout_s, self._wake_r)[0]
         mailbox, handle = self._mailbox, self.pipeline.handle
         while not mailbox.empty():
             handle(mailbox.get_nowait())
@@ -163,8 +205,11 @@ class GatewayService:
                 offline_payload(self.config.gateway.id),
                 retain=True,
             )
+        if self.live is not None:
+            self.live.stop()
         self.link.stop()
         self.writer.stop()
+        self.state.close()
         close = getattr(self._sink, "close", None)
         if callable(close):
             close()

@@ -3,7 +3,9 @@
 influxdb-client's exceptions are translated here and nowhere else: `StoreUnavailable` (worth
 retrying: connection refused, timeout, 5xx, 429, and auth or bucket errors an operator can fix
 while the broker holds the backlog) and `StoreRejected` (the store refuses this body itself;
-retrying cannot help). A body too large for the store is split at a line boundary.
+retrying cannot help). A body the store refuses (HTTP 400/422, or 413 too large) is bisected at
+line boundaries until the refused rows are alone: every other row is stored, and the refused
+ones come back with the store's message, for the dead-letter file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Final, Protocol, cast
 
 import urllib3
@@ -95,9 +98,26 @@ class InfluxStore:
 class WriteOutcome(enum.Enum):
     """How a write attempt ended."""
 
+    #: Every row is stored, except those in `WriteResult.rejected`.
     STORED = "stored"
-    REJECTED = "rejected"
+    #: Given up (shutdown, or the broker connection of its messages is gone): re-sent later.
     ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedLine:
+    """One line-protocol row the store refused on its own, with the store's message."""
+
+    line: bytes
+    error: str
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """The outcome of writing a body, and the rows the store refused (the rest is stored)."""
+
+    outcome: WriteOutcome
+    rejected: list[RejectedLine] = field(default_factory=list)
 
 
 def split_body(body: bytes) -> tuple[bytes, bytes] | None:
@@ -118,37 +138,39 @@ def write_until_stored(
     sleep: Callable[[float], bool],
     abandon: Callable[[], bool],
     on_retry: Callable[[StoreError, float], None],
-) -> WriteOutcome:
+) -> WriteResult:
     """Write `body`, retrying transient failures after each of `delays`, until stored.
 
     `sleep(delay)` returns True when the wait was cut short for shutdown; `abandon()` is asked
     before every retry (the messages behind the body will be re-delivered, so give up). Only
-    `StoreUnavailable` is retried.
+    `StoreUnavailable` is retried. A body the store refuses is bisected at line boundaries
+    until each refused row is alone (about 2 log2(n) requests for one bad row in n): every
+    other row is stored, the refused ones are returned with the store's message.
     """
-    while True:
+    result = WriteResult(WriteOutcome.STORED)
+    parts = [body]  # a stack: the first half is written before the second
+    while parts:
+        part = parts.pop()
         try:
-            sink.write(body)
-            return WriteOutcome.STORED
-        except StoreTooLarge as exc:
-            halves = split_body(body)
+            sink.write(part)
+        except StoreRejected as exc:  # StoreTooLarge included
+            halves = split_body(part)
             if halves is None:
-                log.error("%s; a single line cannot be split, dropping it", exc)
-                return WriteOutcome.REJECTED
-            outcomes = [
-                write_until_stored(
-                    sink, half, delays=delays, sleep=sleep, abandon=abandon, on_retry=on_retry
-                )
-                for half in halves
-            ]
-            for outcome in (WriteOutcome.ABANDONED, WriteOutcome.REJECTED):
-                if outcome in outcomes:
-                    return outcome
-            return WriteOutcome.STORED
-        except StoreRejected as exc:
-            log.error("%s; dropping the batch's invalid points", exc)
-            return WriteOutcome.REJECTED
+                result.rejected.append(RejectedLine(part.rstrip(b"\n"), str(exc)))
+            else:
+                parts.extend(reversed(halves))
         except StoreUnavailable as exc:
             delay = next(delays)
             on_retry(exc, delay)
             if sleep(delay) or abandon():
-                return WriteOutcome.ABANDONED
+                return WriteResult(WriteOutcome.ABANDONED)
+            parts.append(part)
+    if result.rejected:
+        log.error(
+            "store refused %d row(s) of a %d-byte batch (first: %s); stored the rest, the "
+            "refused rows go to the dead-letter file",
+            len(result.rejected),
+            len(body),
+            result.rejected[0].error,
+        )
+    return result

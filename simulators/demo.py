@@ -139,10 +139,11 @@ def start_child(name: str, args: list[str], workdir: Path) -> Child:
     return Child(name, proc, log_path)
 
 
-def gateway_toml(broker: MosquittoServer, store: VictoriaMetricsServer) -> str:
+def gateway_toml(broker: MosquittoServer, store: VictoriaMetricsServer, state_dir: Path) -> str:
+    """The gateway's config for a local chain; its state file (registry, dead letters) in `state_dir`."""
     return (f'[mqtt]\nurl = "{broker.url}"\nprefix = "{PREFIX}"\n\n'
             f'[influx]\nurl = "{store.url}"\norg = "lifeline"\nbucket = "lifeline"\ntoken = ""\n\n'
-            '[gateway]\nid = "demo-gateway"\n')
+            f'[gateway]\nid = "demo-gateway"\nstate_dir = "{state_dir}"\n')
 
 
 def render(scenario: Scenario, collector: AlertCollector, board: Board, started: float,
@@ -248,7 +249,7 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
                 agent_keys={"window_s": 10.0, "status_interval_s": 2.0})
             configs = write_agent_configs(scenario, workdir / "config", agent_settings)
             gw_config = workdir / "config" / "gateway.toml"
-            gw_config.write_text(gateway_toml(broker, store))
+            gw_config.write_text(gateway_toml(broker, store, workdir / "gateway-state"))
             board = Board()
             collector = stack.enter_context(AlertCollector(settings, client_id="lifeline-demo-collect"))
             watcher = OpsWatcher(settings, board).start()

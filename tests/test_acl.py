@@ -15,9 +15,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from edge_agent.config import AgentConfig
+from edge_agent.acl import agent_acl_block
 from lifeline.contract import decode_alert, decode_status
 from simulators.servers import MosquittoServer
 from tests.agent_harness import ROOT, WAIT_S, AgentProcess, Publisher, make_ca, write_config
@@ -27,6 +27,8 @@ P = "lifeline/v1"
 ACL = ROOT / "deploy" / "mosquitto" / "lifeline.acl"
 PASSWORDS = {"yz-a": "pw-yz-a", "yz-b": "pw-yz-b", "gateway": "pw-gateway", "ops-console": "pw-ops"}
 NOT_AUTHORIZED = 135  # MQTT 5 reason code
+#: The sensors in each agent's config (its ACL block names their alert topics).
+AGENT_SENSORS = {"yz-a": ["YZ-P-1", "YZ-ACL-1"], "yz-b": ["YZ-P-2"]}
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,13 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosqu
         subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd), user, password],
                        check=True, capture_output=True, timeout=30)
     acl = shutil.copy(ACL, server.workdir / "lifeline.acl")
-    with open(acl, "a") as fh:  # one block per agent, as the file's comment says
-        for agent in (u for u in PASSWORDS if u.startswith("yz-")):
-            fh.write(f"\nuser {agent}\ntopic write {P}/status/{agent}\ntopic write {P}/summary/{agent}\n"
-                     f"topic write {P}/alert/#\ntopic read {P}/raw/#\n")
+    with open(acl, "a") as fh:  # one block per agent, generated from its config as the file says
+        for agent, sensors in AGENT_SENSORS.items():
+            config = AgentConfig.model_validate({
+                "agent": {"id": agent, "district": "yuzhong", "township": "jiefangbei"},
+                "sensor": [{"id": s, "kind": "test.level", "site": "site-1", "source": "mqtt"} for s in sensors],
+            })
+            fh.write("\n" + agent_acl_block(config))
     server.extra_config = (f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
                            f"cafile {certs['ca']}\ncertfile {certs['server']}\nkeyfile {certs['server_key']}\n")
     with server:
@@ -176,6 +181,16 @@ def test_an_agent_publishes_its_own_status_summary_and_alerts_but_not_anothers(
     late.subscribe(f"{P}/status/+")
     assert late.wait_for(lambda: late.topics() == [f"{P}/status/yz-a"]), late.topics()  # no forged retained status
     agent.publish(f"{P}/status/yz-a", b"", retain=True)  # clear the retained message for other tests
+
+
+def test_an_agent_publishes_alerts_only_on_its_own_sensors_topics(clients: Callable[..., Client5]) -> None:
+    gateway = gateway_subscriber(clients)
+    agent = clients("yz-a")
+    assert agent.publish(f"{P}/alert/yuzhong/site-1/YZ-P-2", b"yz-b's sensor") == NOT_AUTHORIZED
+    assert agent.publish(f"{P}/alert/yuzhong/site-9/YZ-P-1", b"own sensor, other site") == NOT_AUTHORIZED
+    assert agent.publish(f"{P}/alert/yuzhong/site-1/YZ-P-1", b"own sensor") == 0
+    assert gateway.wait_for(lambda: f"{P}/alert/yuzhong/site-1/YZ-P-1" in gateway.topics())
+    assert gateway.topics() == [f"{P}/alert/yuzhong/site-1/YZ-P-1"]
 
 
 def test_the_ops_console_reads_routed_alerts(clients: Callable[..., Client5]) -> None:

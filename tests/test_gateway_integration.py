@@ -7,6 +7,7 @@ Also the harness the other gateway integration tests use (publisher, ops collect
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from benchmarks import faults_gateway
 from gateway.config import GatewayConfig
 from gateway.service import GatewayService
 from lifeline.contract import (
@@ -136,6 +138,11 @@ class Collector:
         self.client.disconnect()
 
 
+def state_dir() -> str:
+    """A fresh directory for one gateway's state file (the same config keeps it across restarts)."""
+    return tempfile.mkdtemp(prefix="lifeline-gw-state-")
+
+
 def gateway_config(
     broker_url: str, store_url: str, *, prefix: str, gateway_id: str, group: str, **gateway: Any
 ) -> GatewayConfig:
@@ -147,6 +154,7 @@ def gateway_config(
                 "id": gateway_id,
                 "share_group": group,
                 "registry_interval_s": 0.5,
+                "state_dir": state_dir(),
                 **gateway,
             },
         }
@@ -254,20 +262,12 @@ def publish_summaries(pub: Publisher, prefix: str, summaries: list[Summary]) -> 
 
 def stored_alerts(store: VictoriaMetricsServer, tag: str) -> Counter[tuple[str, str, int]]:
     """How many `alert` points the store holds per (sensor, rule, ts) for sensors of `tag`."""
-    counts: Counter[tuple[str, str, int]] = Counter()
-    for series in store.export(f'{{__name__="alert_level",sensor=~"{tag}-S.*"}}', start_ms=0):
-        for ts in series.timestamps:
-            counts[(series.metric["sensor"], series.metric["rule"], ts)] += 1
-    return counts
+    return faults_gateway.stored_alerts(store, f"{tag}-S")
 
 
 def stored_readings(store: VictoriaMetricsServer, tag: str) -> Counter[tuple[str, int]]:
     """How many `reading` points the store holds per (sensor, t1) for agents of `tag`."""
-    counts: Counter[tuple[str, int]] = Counter()
-    for series in store.export(f'{{__name__="reading_n",sensor=~"{tag}-agent.*"}}', start_ms=0):
-        for ts in series.timestamps:
-            counts[(series.metric["sensor"], ts)] += 1
-    return counts
+    return faults_gateway.stored_readings(store, f"{tag}-agent")
 
 
 def expected_alerts(alerts: list[Alert]) -> Counter[tuple[str, str, int]]:
@@ -422,7 +422,7 @@ def test_gateway_over_tls_with_a_password(
                     "ca_file": str(certs["ca"]),
                 },
                 "influx": {"url": store.url},
-                "gateway": {"id": "gw-tls"},
+                "gateway": {"id": "gw-tls", "state_dir": state_dir()},
             }
         )
         creds = {"username": user, "password": password, "ca": certs["ca"]}
@@ -531,7 +531,7 @@ def test_a_refused_login_is_reported_and_retried_without_stopping(
                 "reconnect_max_s": 0.5,
             },
             "influx": {"url": store.url},
-            "gateway": {"id": "gw-refused"},
+            "gateway": {"id": "gw-refused", "state_dir": state_dir()},
         }
     )
     with server, caplog.at_level("ERROR", logger="gateway.link"):

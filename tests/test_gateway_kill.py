@@ -83,6 +83,7 @@ retry_max_s = 1.0
 
 [gateway]
 id = "{GATEWAY}"
+state_dir = "{path.parent / 'state'}"
 share_group = "g-kill"
 max_inflight = 400
 registry_interval_s = 0.5

@@ -19,7 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.pahofast import SUPPORTED_PAHO, FastClient, UnsupportedPaho, check_paho_version
+from gateway.pahofast import READ_SIZE, SUPPORTED_PAHO, FastClient, UnsupportedPaho, check_paho_version
 from simulators.servers import MosquittoServer
 
 #: sha256 (first 16 hex digits) of the source of every paho internal that `FastClient` overrides
@@ -155,6 +155,22 @@ def wired() -> Iterator[Wired]:
     rig = Wired()
     yield rig
     rig.close()
+
+
+def test_read_once_takes_one_buffer_however_many_publishes_are_in_flight(wired: Wired) -> None:
+    """paho's own loop_read reads once per message in flight while data comes: with a backlog
+    streaming in, the worker would not get back to its acks and mailbox for seconds."""
+    for i in range(500):  # our publishes in flight (paho's loop_read would read up to 500 times)
+        wired.client.publish_qos1(f"ops/t/{i}", b"x")
+    packet = publish_packet("alert/d/s/S", bytes(200), 1)
+    backlog = packet * (4 * READ_SIZE // len(packet))
+    wired.broker.sendall(backlog[: 2 * READ_SIZE])  # within a socket pair's buffer
+    wired.client.read_once()
+    taken = len(wired.messages)
+    assert 0 < taken <= READ_SIZE // len(packet) + 1  # one recv of at most READ_SIZE bytes
+    while _readable(wired.client.socket()):
+        wired.client.read_once()
+    assert len(wired.messages) == 2 * READ_SIZE // len(packet)
 
 
 def test_publishes_split_at_every_byte_arrive_whole_and_in_order(wired: Wired) -> None:

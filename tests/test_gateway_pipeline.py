@@ -13,11 +13,14 @@ from gateway.counters import GatewayCounters
 from gateway.events import BatchDone, Connected, Disconnected, Inbound, PublishAcked, StoreBatch
 from gateway.pipeline import Pipeline, PipelineSettings
 from gateway.registry import Registry
-from gateway.store import WriteOutcome
+from gateway.state import StateError
+from gateway.store import RejectedLine, WriteOutcome
 from lifeline.contract import Alert, Status, Summary, alert_topic, status_topic, summary_topic
 from tests.test_gateway_lineproto import parse_body
 
 P = "lifeline/v1"
+#: The rig's wall clock: after every time the tests send (later ones are "in the future").
+WALL_MS = 1_700_000_600_000
 
 
 @dataclass
@@ -47,6 +50,7 @@ class FakeBroker:
 class FakeWriter:
     idle: bool = True
     healthy: bool = True
+    free_slots: int = 1
     batches: list[StoreBatch] = field(default_factory=list)
 
     def submit(self, batch: StoreBatch) -> None:
@@ -108,9 +112,9 @@ def make_rig(**settings: Any) -> Rig:
         broker=broker,
         writer=writer,
         counters=counters,
-        registry=Registry("gw-test"),
+        registry=Registry("gw-test", allowed_agents=["agent-1"]),
         clock=clock,
-        wall_ms=lambda: 5_000,
+        wall_ms=lambda: WALL_MS,
     )
     return Rig(pipeline, broker, writer, clock, counters)
 
@@ -235,11 +239,41 @@ def test_an_abandoned_batch_acknowledges_nothing_and_a_rejected_one_moves_on() -
     rig.store_all(WriteOutcome.ABANDONED)
     assert rig.broker.acked == [] and rig.counters.batches_abandoned == 1
 
+
+
+def test_rows_the_store_refused_are_dead_lettered_before_their_messages_are_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     rig = make_rig()
     rig.deliver(summary_topic(P, "agent-1"), summary().encode(), mid=1)
     rig.poll()
-    rig.store_all(WriteOutcome.REJECTED)
-    assert rig.acked_mids == [1] and rig.counters.batches_rejected == 1
+    [batch] = rig.writer.batches
+    bad = RejectedLine(batch.body.splitlines()[1], "HTTP 400: unable to parse")
+    rig.writer.batches.clear()
+    state = rig.pipeline.state
+    real_commit = state.commit
+    monkeypatch.setattr(state, "commit", lambda: (_ for _ in ()).throw(StateError("disk full")))
+    rig.pipeline.handle(BatchDone(batch.number, WriteOutcome.STORED, batch.points, (bad,)))
+    rig.poll()
+    assert rig.acked_mids == []  # the refused row is not on record yet
+    monkeypatch.setattr(state, "commit", real_commit)
+    rig.clock.now += 2
+    rig.poll()
+    assert rig.acked_mids == [1]
+    assert (rig.counters.batches_rejected, rig.counters.rows_rejected) == (1, 1)
+    assert rig.counters.points_stored == batch.points - 1
+    [letter] = state.dead_letters()
+    assert (letter.reason, letter.payload, letter.detail) == ("store_rejected", bad.line, bad.error)
+
+
+def test_a_bad_payload_is_dead_lettered_with_its_topic_and_the_reason() -> None:
+    rig = make_rig()
+    rig.deliver(f"{P}/alert/d/s/S", b"\x93not a map", mid=1)
+    rig.poll()
+    assert rig.acked_mids == [1] and rig.counters.bad_payloads == 1
+    [letter] = rig.pipeline.state.dead_letters()
+    assert (letter.reason, letter.topic, letter.payload) == ("bad_payload", f"{P}/alert/d/s/S", b"\x93not a map")
+    assert letter.detail
 
 
 # ------------------------------------------------------------------ routing

@@ -309,6 +309,7 @@ def test_the_gateway_never_shows_its_password_or_token(
         f'[mqtt]\nurl = "{auth_broker.url}"\nusername = "gateway"\npassword_file = "{tmp_path / "mqtt.password"}"\n'
         f'reconnect_max_s = 1\n\n[influx]\nurl = "{proxy.url}"\nretry_initial_s = 0.1\nretry_max_s = 0.5\n\n'
         '[gateway]\nid = "gw-secret"\nshare_group = ""\nregistry_interval_s = 0.5\nstats_interval_s = 1\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
     )
     logs: list[str] = []
     check = subprocess.run(lifeline("gateway", "--check", "--config", str(config)), capture_output=True,
