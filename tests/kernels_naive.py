@@ -547,3 +547,60 @@ def interleave(
         block_sensor=np.array(sensors, dtype=np.int32),
         block_start=np.array(starts, dtype=np.int64),
     )
+
+
+# --- structural kernels ---------------------------------------------------------------------
+
+
+def pick_peaks_naive(log_power: Sequence[float], lo: int, hi: int, min_prominence: float,
+                     min_separation: int, max_peaks: int) -> list[int]:
+    """Prominent local maxima by definition: a bin above its left neighbour and not below its
+    right one; prominence = its height minus the higher of the lowest points between it and the
+    nearest strictly higher bin on each side (or the edge); then the highest prominent ones,
+    each suppressing the bins closer than `min_separation`."""
+    n = len(log_power)
+    lo, hi = max(lo, 1), min(hi, n - 2)
+    prominent = []
+    for k in range(lo, hi + 1):
+        v = log_power[k]
+        if not (v > log_power[k - 1] and v >= log_power[k + 1]):
+            continue
+        left = k
+        while left - 1 >= 0 and log_power[left - 1] <= v:
+            left -= 1
+        right = k
+        while right + 1 < n and log_power[right + 1] <= v:
+            right += 1
+        base = max(min(log_power[left:k + 1]), min(log_power[k:right + 1]))
+        if v - base >= min_prominence:
+            prominent.append(k)
+    chosen: list[int] = []
+    while prominent and len(chosen) < max_peaks:
+        best = max(prominent, key=lambda k: (log_power[k], -k))
+        chosen.append(best)
+        prominent = [k for k in prominent if abs(k - best) >= min_separation]
+    return chosen
+
+
+class WindowRuleNaive:
+    """One window-rule machine by definition: graded levels on |z| (sustain = debounce) and two
+    one-sided CUSUMs with allowance limits[0] / 2, each remembering when it last left zero."""
+
+    def __init__(self, limits: Sequence[float], hysteresis: float, sustain: int) -> None:
+        self.graded = Graded(limits, hysteresis, sustain)
+        self.allowance = 0.5 * limits[0]
+        self.g = [0.0, 0.0]
+        self.start = [0, 0]
+
+    def feed(self, z: float, t0_ms: int) -> tuple[int, int] | None:
+        """(new level, old level) if the window changed the level."""
+        if not math.isfinite(z):
+            return None
+        for side, v in ((0, z), (1, -z)):
+            new = max(0.0, self.g[side] + v - self.allowance)
+            if self.g[side] == 0.0 and new > 0.0:
+                self.start[side] = t0_ms
+            self.g[side] = new
+        old = self.graded.level
+        level = self.graded.feed(abs(z))
+        return (level, old) if level != old else None
