@@ -66,6 +66,7 @@ from edge_agent.kernels import (
     SensorRules,
     WindowAccumulator,
 )
+from edge_agent.kernels.spike import TrafficGate, traffic_activity
 from edge_agent.kernels.structural import WindowEvent, WindowRules, warm_up_structural
 from edge_agent.registry import SensorRegistry
 
@@ -125,6 +126,8 @@ class PipelineCounters:
     rate_changes: int = 0
     #: Windows a window rule (trend, freq_shift) had no value for.
     window_rule_skips: int = 0
+    #: Spike candidates taken as traffic (an accelerometer of the site saw a burst).
+    spikes_traffic: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
@@ -177,6 +180,8 @@ class Pipeline:
                                         sites=[s.site for s in registry.sensors], window_s=window_s)
         #: Window-rule level changes not yet turned into alerts, with their window's end.
         self._window_events: list[tuple[int, WindowEvent]] = []
+        self.traffic = TrafficGate([s.kind for s in registry.sensors], [s.site for s in registry.sensors],
+                                   [r.spike.enabled for r in self.chain.rules])
         self._clock = clock
         self._wall_offset = wall_offset or (CLOCK.wall_offset_ms if clock is now_ms else lambda: 0)
         self._offset_ms = self._wall_offset() or 0
@@ -216,6 +221,9 @@ class Pipeline:
         sensors, starts = np.empty(0, dtype=np.int32), np.zeros(1, dtype=np.int64)
         self.chain.process(values, times, sensors, starts)
         self.windows.add(values, sensors, starts, times)
+        self.traffic.update(values, times, sensors, starts)
+        traffic_activity(values, times, sensors, starts, np.zeros(1, np.int64), np.zeros((1, 4)),
+                         np.zeros((1, 1)), np.zeros((1, 1), np.int64))
         fill_times(times, values, starts, times)
         group_runs(sensors, starts, times, sensors, np.empty((2, 0), dtype=np.int64), sensors,
                    starts)
@@ -421,7 +429,9 @@ class Pipeline:
         if len(batch.block_sensor) == 0:
             return None
         self.counters.batches += 1
-        events = self.chain.process(batch.values, batch.times, batch.block_sensor, batch.block_start)
+        self.traffic.update(batch.values, batch.times, batch.block_sensor, batch.block_start)
+        events = self.chain.process(batch.values, batch.times, batch.block_sensor, batch.block_start,
+                                    self.traffic)
         self.windows.add(batch.values, batch.block_sensor, batch.block_start, batch.times)
         ends = batch.block_start[1:] - 1
         self._last_value[batch.block_sensor] = batch.values[ends]
@@ -575,6 +585,7 @@ class Pipeline:
         counters.spectra_skipped = self.windows.counters["spectra_skipped"]
         counters.rate_changes = self.windows.counters["rate_changes"]
         counters.window_rule_skips = self.window_rules.counters["window_rule_skips"]
+        counters.spikes_traffic = self.chain.spikes_taken_as_traffic()
         rows = np.flatnonzero(np.asarray(features.n) > 0)
         if len(rows) == 0:
             return None

@@ -175,6 +175,7 @@ class Spike:
         self.in_excursion = False
         self.clean = 0
         self.level = 0
+        self.activity = 0.0  # recent mean |deviation|, each clipped at the band
 
     def feed(self, i: int, x: float, t: int) -> Out:
         if not math.isfinite(x):
@@ -186,6 +187,8 @@ class Spike:
             dev = x - median
             band = p.k * max(self.scale, p.min_dev)
             warm = self.n_scale >= min(p.window, p.scale_samples)
+            calm = self.activity <= p.quiet * max(self.scale, p.min_dev)
+            self.activity += (min(abs(dev), band) - self.activity) / p.quiet_samples
             if self.candidate is not None:
                 first, ref, thr, peak, length = self.candidate
                 if abs(x - ref) <= thr / 2:
@@ -200,7 +203,9 @@ class Spike:
                     if length + 1 > p.max_len:
                         self.candidate, self.in_excursion = None, True
             elif warm and abs(dev) > band:
-                if not self.in_excursion:
+                if not self.in_excursion and not calm:
+                    self.in_excursion = True  # inside a burst: not an isolated outlier
+                elif not self.in_excursion:
                     self.candidate = [i, median, band, dev / (band / p.k), 1]
             else:
                 self.in_excursion = False

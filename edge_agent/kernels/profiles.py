@@ -79,8 +79,21 @@ class SpikeRule:
     min_dev: float = 1e-9
     scale_samples: int = 200
     clear_samples: int = 600
+    #: No candidate opens while the recent mean deviation exceeds `quiet` scales (a burst).
+    quiet: float = 3.0
+    quiet_samples: int = 16
+    #: A spike while the site's accelerometer runs this many times its quiet energy is traffic.
+    traffic_ratio: float = 4.0
+    traffic_hold_s: float = 2.0
 
     def __post_init__(self) -> None:
+        _check(self.quiet > 0, f"spike.quiet must be > 0, got {self.quiet}")
+        _check(self.quiet_samples >= 1,
+               f"spike.quiet_samples must be >= 1, got {self.quiet_samples}")
+        _check(self.traffic_ratio > 1, f"spike.traffic_ratio must be > 1, got "
+               f"{self.traffic_ratio}")
+        _check(0 <= self.traffic_hold_s <= 60,
+               f"spike.traffic_hold_s must be in 0..60, got {self.traffic_hold_s}")
         _check(
             self.window in (3, 5, 7, 9),
             f"spike.window must be 3, 5, 7 or 9, got {self.window}",
