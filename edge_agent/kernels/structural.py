@@ -7,10 +7,12 @@ frequency (`f1`, `f2`, ... from `features`). The reference is the median of the 
 values and their scale 1.4826 x MAD (floored at `min_std`, for `freq_shift` at `min_std_pct`
 percent of the median); with `temperature` set (the id of a temperature sensor of the same
 site), a least-squares line on that sensor's window mean is taken out first and the median and
-MAD are those of the residuals, so the reference follows temperature. The reference grows with
-every window that raised nothing until it spans `reference_s` (default a day: a whole thermal
-and traffic cycle), then it is frozen: a slow change later on (creep over weeks) is measured
-against it, not absorbed. The rule arms after `warmup_s` of reference.
+MAD are those of the residuals, so the reference follows temperature. The reference takes in
+every window until the rule arms after `warmup_s`, then every window that raised nothing, until
+it spans `reference_s`; then it is frozen: a slow change later on (creep over weeks) is
+measured against it, not absorbed. Both default to a day, a whole thermal and traffic cycle: a
+reference that has not seen a morning rush or an afternoon's warmth would take them for a
+settlement (a shorter `warmup_s` arms sooner, for records that start with a known-good state).
 
 Each window gives z = (value - reference) / scale. Levels 1..4 need |z| beyond limit k for
 `sustain` consecutive windows (the graded machine of `graded.py`, `sustain` as its debounce,
@@ -81,7 +83,7 @@ class TrendRule:
     size: Limits = ()
     hysteresis: float = 1.0
     sustain: int = 5
-    warmup_s: float = 3600.0
+    warmup_s: float = 86400.0
     reference_s: float = 86400.0
     min_std: float = 1e-9
     temperature: str = ""
@@ -105,7 +107,7 @@ class FreqShiftRule:
     pct: Limits = (1.0, 2.0, 4.0, 8.0)
     hysteresis: float = 1.0
     sustain: int = 5
-    warmup_s: float = 3600.0
+    warmup_s: float = 86400.0
     reference_s: float = 86400.0
     min_std_pct: float = 0.05
     temperature: str = ""
@@ -297,7 +299,9 @@ class WindowRules:
                                       self._hyst, self._sustain, self._counters, self._levels,
                                       self._cusum, self._cusum_start, t0_ms, self._changed,
                                       self._prev)
-        quiet = learning & (self._levels == 0) & ~(np.abs(z) >= limits[:, 0])
+        # before it arms every window joins the reference (the morning rush of its first day
+        # too); once armed, only windows that raised nothing
+        quiet = learning & (~armed | ((self._levels == 0) & ~(np.abs(z) >= limits[:, 0])))
         self._learn(np.flatnonzero(learning), quiet, x, temp)
         rows = self._changed[:n_changed].tolist()
         return self._events(rows, self._prev[:n_changed].tolist(), x, expected, z, limits)
