@@ -222,7 +222,7 @@ class Pipeline:
         self.chain.process(values, times, sensors, starts)
         self.windows.add(values, sensors, starts, times)
         self.traffic.update(values, times, sensors, starts)
-        traffic_activity(values, times, sensors, starts, np.zeros(1, np.int64), np.zeros((1, 4)),
+        traffic_activity(values, times, sensors, starts, np.zeros(1, np.int64), np.zeros((1, 5)),
                          np.zeros((1, 1)), np.zeros((1, 1), np.int64))
         fill_times(times, values, starts, times)
         group_runs(sensors, starts, times, sensors, np.empty((2, 0), dtype=np.int64), sensors,

@@ -308,3 +308,38 @@ def test_the_pipeline_raises_trend_on_a_tilt_step_and_a_restart_does_not_relearn
     assert trend[0].extra["onset_ts"] == T0 + 180 * 60_000
     assert trend[0].ts == T0 + (180 + 5) * 60_000  # the window end after `sustain` windows
     assert "fault" not in trend[0].extra
+
+
+# --------------------------------------------------------------------------- traffic vs glitch
+
+
+def test_a_vehicle_burst_is_traffic_and_a_glitch_in_quiet_is_a_fault() -> None:
+    from edge_agent.kernels import RuleChain, default_rules
+    from edge_agent.kernels.spike import TrafficGate
+
+    rng = np.random.default_rng(12)
+    n = 600 * 10  # ten minutes: tilt at 10 Hz, the deck's accelerometer at 100 Hz
+    t_tilt = 1_700_000_000_000 + np.arange(n) * 100
+    tilt = 0.0003 * rng.normal(size=n)
+    accel = 0.002 * rng.normal(size=n * 10)
+    t_accel = 1_700_000_000_000 + np.arange(n * 10) * 10
+    burst = slice(3000, 3030)  # a vehicle at 300 s: the deck rings for 3 s ...
+    tilt[3012] += 0.05  # ... and the tilt jumps in one sample then
+    accel[30000:30300] += 0.05 * np.sin(2 * np.pi * 3.0 * np.arange(300) / 100)
+    tilt[5000] += 0.05  # a glitch at 500 s with the deck quiet
+    assert burst.start < 3012 < burst.stop
+    chain = RuleChain([default_rules("bridge.tilt"), default_rules("bridge.accel")])
+    gate = TrafficGate(["bridge.tilt", "bridge.accel"], ["pier", "pier"], [True, False])
+    raised = []
+    for minute in range(10):
+        a, b = minute * 600, (minute + 1) * 600
+        values = np.concatenate([tilt[a:b], accel[a * 10:b * 10]])
+        times = np.concatenate([t_tilt[a:b], t_accel[a * 10:b * 10]])
+        sensors, starts = np.array([0, 1], np.int32), np.array([0, 600, 6600])
+        gate.update(values, times, sensors, starts)
+        events = chain.process(values, times, sensors, starts, gate)
+        raised += [(int(times[i]), int(s)) for s, r, lv, i in
+                   zip(events.sensor, events.rule, events.level, events.index)
+                   if lv == 1 and r == 3]  # spike
+    assert raised == [(int(t_tilt[5000]), 0)]
+    assert chain.spikes_taken_as_traffic() == 1

@@ -19,6 +19,7 @@ sensors (`bridge.accel`, or any sensor whose `spectrum` setting is on) the track
   `track_tol` (relative); references start as the first window's candidates in frequency order
   and follow each new estimate slowly (so the daily temperature swing is followed, but a mode
   never jumps to another peak), and a mode unseen for `LOST_WINDOWS` windows is acquired again.
+  A peak wider than `max_damping` (a hump of quasi-static load or wind) is no mode.
 
 The band defaults to [max(0.5 Hz, 2 frequency bins), 0.4 x the sample rate]. The sample rate
 is the configured one, or else learnt from the blocks' times; a window whose own rate (from its
@@ -87,6 +88,9 @@ class SpectrumSettings:
     separation_bins: int = 3
     track_tol: float = 0.1
     min_valid: float = 0.5
+    #: A peak wider than this damping ratio (half-power) is a hump (quasi-static traffic,
+    #: wind), not a structural mode: no mode takes it.
+    max_damping: float = 0.1
 
     def __post_init__(self) -> None:
         _check(len(self.band_hz) in (0, 2), f"spectrum.band_hz must be [low, high] or [], got "
@@ -105,6 +109,8 @@ class SpectrumSettings:
                f"{self.track_tol}")
         _check(0 < self.min_valid <= 1, f"spectrum.min_valid must be in (0, 1], got "
                f"{self.min_valid}")
+        _check(self.max_damping > 0, f"spectrum.max_damping must be > 0, got "
+               f"{self.max_damping}")
 
     def band(self, rate_hz: float, bin_hz: float) -> tuple[float, float]:
         """The band searched for modes at this sample rate and frequency resolution."""
@@ -448,7 +454,10 @@ class WindowAccumulator:
             peaks = self._window_peaks(s, duration_ms)
             if peaks:
                 f_peak[s] = peaks[0].f_hz
-                self._track(s, peaks, modes)
+                limit = self.spectra[s].max_damping
+                modal = [p for p in peaks if not p.zeta > limit]
+                if modal:
+                    self._track(s, modal, modes)
         features = WindowFeatures(
             n=n,
             min=acc[:, _MIN].copy(),

@@ -79,6 +79,7 @@ _ACCEL_MEAN_S: Final = 1.0
 _ACCEL_SHORT_S: Final = 0.5
 _ACCEL_QUIET_S: Final = 600.0
 _ACCEL_DOWN_S: Final = 30.0
+_ACCEL_SETTLE_S: Final = 5.0
 
 
 @kernel
@@ -335,29 +336,33 @@ def traffic_activity(
     gate_ratio: NDArray[np.float64], gate_bin: NDArray[np.int64],
 ) -> None:
     """Feed the accelerometers' samples of a batch (`accel_row[s]` >= 0) to their energy
-    trackers (`state` rows: running mean, short-term and quiet energy, last time in ms) and
-    write each 250 ms bin's highest short/quiet ratio to the gate ring."""
+    trackers (`state` rows: running mean, short-term and quiet energy, last time and first
+    time in ms; the quiet level is the short-term energy itself for the first
+    `_ACCEL_SETTLE_S`) and write each 250 ms bin's highest short/quiet ratio to the gate ring
+    (none while settling)."""
     for b in range(block_sensor.shape[0]):
         r = accel_row[block_sensor[b]]
         if r < 0:
             continue
         mean, short, quiet, last = state[r, 0], state[r, 1], state[r, 2], state[r, 3]
+        first = state[r, 4]
         for i in range(block_start[b], block_start[b + 1]):
             x = values[i]
             if not math.isfinite(x):
                 continue
             t = times_ms[i]
             if last <= 0.0:
-                mean, short, quiet, last = x, 0.0, 0.0, float(t)
+                mean, short, quiet, last, first = x, 0.0, 0.0, float(t), float(t)
                 continue
             dt = min(max((t - last) / 1000.0, 0.0), 1.0)
             last = float(t)
             mean += (x - mean) * (1.0 - math.exp(-dt / _ACCEL_MEAN_S))
             e = abs(x - mean)
             short += (e - short) * (1.0 - math.exp(-dt / _ACCEL_SHORT_S))
-            if quiet <= 0.0:
+            if t - first < 1000.0 * _ACCEL_SETTLE_S:
                 quiet = short
-            elif short < quiet:  # the quiet level: the low envelope of the short-term energy,
+                continue
+            if short < quiet:  # the quiet level: the low envelope of the short-term energy,
                 quiet += (short - quiet) * (1.0 - math.exp(-dt / _ACCEL_DOWN_S))
             else:  # which a burst of seconds hardly lifts
                 quiet += (short - quiet) * (1.0 - math.exp(-dt / _ACCEL_QUIET_S))
@@ -369,6 +374,7 @@ def traffic_activity(
             elif ratio > gate_ratio[r, k]:
                 gate_ratio[r, k] = ratio
         state[r, 0], state[r, 1], state[r, 2], state[r, 3] = mean, short, quiet, last
+        state[r, 4] = first
 
 
 class TrafficGate:
@@ -385,7 +391,7 @@ class TrafficGate:
         self.sensor_row = np.array([site_row.get(site, -1) if on else -1
                                     for site, on in zip(sites, spike_on)], dtype=np.int64)
         rows = max(len(accels), 1)
-        self.state = np.zeros((rows, 4))
+        self.state = np.zeros((rows, 5))
         self.ratio = np.zeros((rows, GATE_BINS))
         self.bin = np.full((rows, GATE_BINS), -1, dtype=np.int64)
 

@@ -8,11 +8,14 @@ values and their scale 1.4826 x MAD (floored at `min_std`, for `freq_shift` at `
 percent of the median); with `temperature` set (the id of a temperature sensor of the same
 site), a least-squares line on that sensor's window mean is taken out first and the median and
 MAD are those of the residuals, so the reference follows temperature. The reference takes in
-every window until the rule arms after `warmup_s`, then every window that raised nothing, until
-it spans `reference_s`; then it is frozen: a slow change later on (creep over weeks) is
-measured against it, not absorbed. Both default to a day, a whole thermal and traffic cycle: a
-reference that has not seen a morning rush or an afternoon's warmth would take them for a
-settlement (a shorter `warmup_s` arms sooner, for records that start with a known-good state).
+every window with a value until the rule arms, once its windows span `warmup_s` of time (and
+number at least MIN_REFERENCE), then every window that raised nothing, until they span
+`reference_s`; then it is frozen: a slow change later on (creep over weeks) is measured against
+it, not absorbed. Both default to a day, a whole thermal and traffic cycle: a reference that
+has not seen a morning rush or an afternoon's warmth would take them for a settlement. Spans
+are of time, not of windows, so records with gaps (load tests on separate days) arm and freeze
+on the same calendar as continuous monitoring; at most REFERENCE_CAP values are kept (a longer
+reference keeps every k-th window).
 
 Each window gives z = (value - reference) / scale. Levels 1..4 need |z| beyond limit k for
 `sustain` consecutive windows (the graded machine of `graded.py`, `sustain` as its debounce,
@@ -54,8 +57,10 @@ REFERENCE_CAP: Final = 2048
 MAX_MODES: Final = 6
 SLOTS: Final = 1 + MAX_MODES
 MAD_TO_SD: Final = 1.4826
-#: Most modes (and fewest reference windows) worth a temperature line.
+#: Fewest reference windows worth a temperature line.
 _MIN_FIT: Final = 10
+#: Fewest reference windows a rule arms with, however long they span.
+MIN_REFERENCE: Final = 30
 
 
 def _check(ok: bool, message: str) -> None:
@@ -204,7 +209,8 @@ class _RowSpec:
     size: Limits  # trend: unit; freq_shift: percent
     hysteresis: float
     sustain: int
-    warm_windows: int
+    warmup_ms: int
+    reference_ms: int
     reference_windows: int
     floor: float  # trend: min_std; freq_shift: min_std_pct
     temperature: int  # sensor index or -1
@@ -246,7 +252,8 @@ class WindowRules:
             self._base_size[j, :len(s.size)] = s.size
         self._hyst = np.array([s.hysteresis for s in specs], dtype=np.float64)
         self._sustain = np.array([s.sustain for s in specs], dtype=np.int64)
-        self._warm = np.array([s.warm_windows for s in specs], dtype=np.int64)
+        self._warmup_ms = np.array([s.warmup_ms for s in specs], dtype=np.int64)
+        self._reference_ms = np.array([s.reference_ms for s in specs], dtype=np.int64)
         self._ref_windows = np.array([s.reference_windows for s in specs], dtype=np.int64)
         self._floor = np.array([s.floor for s in specs], dtype=np.float64)
         self._stride = np.maximum(1, -(-self._ref_windows // REFERENCE_CAP))
@@ -254,6 +261,7 @@ class WindowRules:
         self._ref_x = np.full((n, REFERENCE_CAP), np.nan)
         self._ref_t = np.full((n, REFERENCE_CAP), np.nan)
         self._ref_n = np.zeros(n, dtype=np.int64)  # reference windows seen (kept or skipped)
+        self._ref_start = np.full(n, -1, dtype=np.int64)  # start of the first one (ms)
         self._ref_kept = np.zeros(n, dtype=np.int64)
         self._centre = np.full(n, np.nan)  # median (of residuals with a temperature line)
         self._slope = np.zeros(n)  # of the temperature line
@@ -272,10 +280,10 @@ class WindowRules:
 
     def _spec(self, sensor: int, slot: int, rule: Any, size: Limits, floor: float,
               temperature: int) -> _RowSpec:
-        warm = max(1, math.ceil(rule.warmup_s / self.window_s))
-        ref = max(warm, math.ceil(rule.reference_s / self.window_s))
+        windows = max(MIN_REFERENCE, math.ceil(rule.reference_s / self.window_s))
         return _RowSpec(sensor, slot, tuple(rule.z), tuple(size), rule.hysteresis, rule.sustain,
-                        warm, ref, floor, temperature)
+                        round(rule.warmup_s * 1000), round(rule.reference_s * 1000), windows,
+                        floor, temperature)
 
     def __len__(self) -> int:
         return len(self._specs)
@@ -293,7 +301,10 @@ class WindowRules:
         self._refit(np.flatnonzero(learning))
         expected = self._centre + self._slope * (temp - self._t_mean)
         z = (x - expected) / self._scale
-        armed = has & (self._ref_n >= self._warm) & np.isfinite(z)
+        self._ref_start = np.where(has & (self._ref_start < 0), t0_ms, self._ref_start)
+        spanned = t1_ms - self._ref_start
+        armed = (has & (self._ref_kept >= MIN_REFERENCE) & (spanned >= self._warmup_ms)
+                 & np.isfinite(z))
         limits = self._limits()
         n_changed = window_rules_step(np.where(armed, z, np.nan), armed, limits, self._n_limits,
                                       self._hyst, self._sustain, self._counters, self._levels,
@@ -302,7 +313,7 @@ class WindowRules:
         # before it arms every window joins the reference (the morning rush of its first day
         # too); once armed, only windows that raised nothing
         quiet = learning & (~armed | ((self._levels == 0) & ~(np.abs(z) >= limits[:, 0])))
-        self._learn(np.flatnonzero(learning), quiet, x, temp)
+        self._learn(np.flatnonzero(learning), quiet, x, temp, spanned)
         rows = self._changed[:n_changed].tolist()
         return self._events(rows, self._prev[:n_changed].tolist(), x, expected, z, limits)
 
@@ -327,8 +338,9 @@ class WindowRules:
         return np.where(np.isfinite(self._base_z), np.fmax(self._base_z, need), np.inf)
 
     def _learn(self, rows: NDArray[np.intp], quiet: NDArray[np.bool_], x: NDArray[np.float64],
-               temp: NDArray[np.float64]) -> None:
-        """Count a reference window for each learning row; keep its value if it was quiet."""
+               temp: NDArray[np.float64], spanned: NDArray[np.int64]) -> None:
+        """Count a reference window for each learning row; keep its value if it was quiet;
+        freeze the reference once it spans `reference_s` (and has MIN_REFERENCE values)."""
         for r in rows.tolist():
             n = int(self._ref_n[r])
             self._ref_n[r] = n + 1
@@ -336,7 +348,7 @@ class WindowRules:
                 k = int(self._ref_kept[r])
                 self._ref_x[r, k], self._ref_t[r, k] = x[r], temp[r]
                 self._ref_kept[r] = k + 1
-            if n + 1 >= self._ref_windows[r]:
+            if spanned[r] >= self._reference_ms[r] and self._ref_kept[r] >= MIN_REFERENCE:
                 self._refit(np.array([r]))
                 self._frozen[r] = bool(np.isfinite(self._scale[r]))
 
@@ -431,7 +443,7 @@ class WindowRules:
             s, col = int(self._sensor[j]), 0 if self._slot[j] == 0 else 1
             self._sensor_level[s, col] = max(self._sensor_level[s, col], self._levels[j])
 
-    _STATE = ("ref_x", "ref_t", "ref_n", "ref_kept", "centre", "slope", "t_mean", "scale",
+    _STATE = ("ref_x", "ref_t", "ref_n", "ref_start", "ref_kept", "centre", "slope", "t_mean", "scale",
               "frozen", "counters", "levels", "cusum", "cusum_start")
 
     def state_arrays(self) -> dict[str, NDArray[np.generic]]:
