@@ -19,6 +19,12 @@ re-send carries the same id, and a block replayed after a crash (before its aler
 raises an alert with the same id again, which consumers de-duplicate. `seq` counts alerts per
 agent; the runtime persists it with each alert in the outbox.
 
+Window rules: each closed window's features (statistics, tracked modal frequencies) go to
+`WindowRules` (`trend`, `freq_shift`: settlement, creep, convergence, frequency shift; see
+kernels/structural.py); their level changes become Alerts at the window's end `t1`, in the
+same step. Traffic: every batch first updates the `TrafficGate` with the accelerometers'
+samples, so the `spike` rule of a sensor at the same site takes a vehicle's burst for traffic.
+
 Gap fault: a sensor is silent when nothing (samples or, for serial nodes, heartbeats) has
 arrived for longer than its limit, judged by wall clock: `gap_s` from its config, else
 `gap_multiple` times its learnt arrival interval (a slowly decaying maximum of the intervals

@@ -35,13 +35,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.kernels._jit import kernel
 from edge_agent.kernels.graded import graded_step
+
+if TYPE_CHECKING:
+    from edge_agent.kernels.features import WindowFeatures
+    from edge_agent.kernels.profiles import SensorRules
 
 Limits = tuple[float, ...]
 
@@ -219,7 +223,7 @@ class _RowSpec:
 class WindowRules:
     """`trend` and `freq_shift` of every sensor; `step` once per closed window."""
 
-    def __init__(self, rules: Sequence[Any], *, ids: Sequence[str], sites: Sequence[str],
+    def __init__(self, rules: Sequence[SensorRules], *, ids: Sequence[str], sites: Sequence[str],
                  window_s: float) -> None:
         """`rules[i]` is sensor i's SensorRules (its `trend`, `freq_shift` and `spectrum`);
         ValueError names `sensor[i].rules.<rule>.temperature` if it is not a sensor of the
@@ -278,7 +282,8 @@ class WindowRules:
         #: Windows a rule row had no value for (no data, no spectrum, no temperature).
         self.counters = {"window_rule_skips": 0}
 
-    def _spec(self, sensor: int, slot: int, rule: Any, size: Limits, floor: float,
+    def _spec(self, sensor: int, slot: int, rule: TrendRule | FreqShiftRule, size: Limits,
+              floor: float,
               temperature: int) -> _RowSpec:
         windows = max(MIN_REFERENCE, math.ceil(rule.reference_s / self.window_s))
         return _RowSpec(sensor, slot, tuple(rule.z), tuple(size), rule.hysteresis, rule.sustain,
@@ -288,7 +293,7 @@ class WindowRules:
     def __len__(self) -> int:
         return len(self._specs)
 
-    def step(self, features: Any, t0_ms: int, t1_ms: int) -> list[WindowEvent]:
+    def step(self, features: WindowFeatures, t0_ms: int, t1_ms: int) -> list[WindowEvent]:
         """Feed one closed window [t0_ms, t1_ms) (`features.WindowFeatures`); its level changes."""
         if not self._specs:
             return []
@@ -317,7 +322,7 @@ class WindowRules:
         rows = self._changed[:n_changed].tolist()
         return self._events(rows, self._prev[:n_changed].tolist(), x, expected, z, limits)
 
-    def _values(self, features: Any) -> NDArray[np.float64]:
+    def _values(self, features: WindowFeatures) -> NDArray[np.float64]:
         """Each row's value this window: its sensor's statistic, or its mode's frequency."""
         x = np.full(len(self._specs), np.nan)
         for j, (s, slot) in enumerate(zip(self._sensor.tolist(), self._slot.tolist())):
