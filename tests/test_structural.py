@@ -343,3 +343,47 @@ def test_a_vehicle_burst_is_traffic_and_a_glitch_in_quiet_is_a_fault() -> None:
                    if lv == 1 and r == 3]  # spike
     assert raised == [(int(t_tilt[5000]), 0)]
     assert chain.spikes_taken_as_traffic() == 1
+
+
+def test_bad_input_raises_no_frequency_alarm_and_is_counted_but_a_real_drop_does() -> None:
+    from edge_agent.inputs.base import SampleBlock
+    from tests.test_pipeline import T0, Clock, make_pipeline
+
+    clock = Clock()
+    accel = {"kind": "bridge.accel", "high": [], "hysteresis": 0.0,
+             "rules": {"freq_shift": {"warmup_s": 1800, "reference_s": 1800}}}
+    pipeline = make_pipeline(accel, clock=clock)
+    alerts = []
+    rng = np.random.default_rng(13)
+
+    def minute(m: int, x: np.ndarray, rate: float = FS) -> None:
+        clock.now = T0 + m * 60_000
+        times = clock.now + np.round(np.arange(len(x)) * 1000 / rate).astype(np.int64)
+        blocks = [SampleBlock(0, part, t, int(t[-1])) for part, t in
+                  zip(np.array_split(x, 60), np.array_split(times, 60))]
+        alerts.extend(pipeline.step([], blocks, now=clock.now + 59_999).alerts)
+        alerts.extend(pipeline.step([], [], now=clock.now + 60_000).alerts)
+
+    m = 0
+    for m in range(35):  # the reference: 35 healthy minutes
+        minute(m, deck(WINDOW, seed=100 + m))
+    for k in range(8):  # a flaky link: NaN bursts all over, then half of each window missing
+        x = deck(WINDOW, seed=200 + k)
+        if k < 4:
+            x[rng.random(WINDOW) < 0.3] = np.nan
+        else:
+            x = x[:WINDOW // 2 - 600]
+        m += 1
+        minute(m, x)
+    for k in range(2):  # the node is reconfigured to 50 Hz
+        m += 1
+        minute(m, deck(3000, seed=300 + k, fs=50.0, modes=(10.81, 17.0, 23.0)), rate=50.0)
+    assert [a for a in alerts if a.rule == "freq_shift"] == []
+    counters = pipeline.counters
+    assert counters.spectra_skipped == 8 and counters.rate_changes == 1
+    for k in range(8):  # the span loses stiffness: every mode 3 % lower
+        m += 1
+        minute(m, deck(WINDOW, seed=400 + k, modes=(10.81 * 0.97, 23.4 * 0.97, 37.0 * 0.97)))
+    shift = [a for a in alerts if a.rule == "freq_shift"]
+    assert shift and shift[0].level >= 2 and shift[0].extra["mode"] in (1, 2, 3)
+    assert shift[0].extra["shift_pct"] == pytest.approx(-3.0, abs=0.5)
