@@ -176,6 +176,7 @@ class Spike:
         self.clean = 0
         self.level = 0
         self.activity = 0.0  # recent mean |deviation|, each clipped at the band
+        self.burst_since: int | None = None  # when the activity last rose above quiet
 
     def feed(self, i: int, x: float, t: int) -> Out:
         if not math.isfinite(x):
@@ -188,6 +189,12 @@ class Spike:
             band = p.k * max(self.scale, p.min_dev)
             warm = self.n_scale >= min(p.window, p.scale_samples)
             calm = self.activity <= p.quiet * max(self.scale, p.min_dev)
+            if calm:
+                self.burst_since = None
+            elif self.burst_since is None:
+                self.burst_since = t
+            elif t - self.burst_since > 1000.0 * p.burst_s:
+                calm = True  # a burst longer than a vehicle's: the sensor's own
             self.activity += (min(abs(dev), band) - self.activity) / p.quiet_samples
             if self.candidate is not None:
                 first, ref, thr, peak, length = self.candidate

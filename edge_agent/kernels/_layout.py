@@ -70,7 +70,8 @@ FP_ANOM_HOLD: Final = 44
 FP_SPIKE_QUIET: Final = 45  # activity (in scales) above which no spike candidate opens
 FP_SPIKE_TRAFFIC: Final = 46  # accelerometer energy ratio that marks traffic
 FP_SPIKE_HOLD: Final = 47  # ms either side of a spike the accelerometer is looked at
-N_FP: Final = 48
+FP_SPIKE_BURST: Final = 48  # ms a burst may last and still be a vehicle's
+N_FP: Final = 49
 
 # --- int state ------------------------------------------------------------------------------
 IS_HIGH_CNT: Final = 0  # 4 debounce counters
@@ -94,7 +95,8 @@ IS_RANGE_BAD: Final = 32
 IS_RANGE_GOOD: Final = 33
 IS_ANOM_RUN: Final = 34  # signed run of clipped innovations of the anomaly smoother
 IS_SPIKE_TRAFFIC: Final = 35  # spikes taken as traffic (not raised)
-N_IS: Final = 36
+IS_SPIKE_BURST_T0: Final = 36  # time the current burst began (ms), or NO_TIME when calm
+N_IS: Final = 37
 
 # --- float state ----------------------------------------------------------------------------
 FS_RATE_S0: Final = 0  # weighted sums of 1, u, u^2, x, u*x (u: time to last sample, s)

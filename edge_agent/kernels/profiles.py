@@ -82,12 +82,15 @@ class SpikeRule:
     #: No candidate opens while the recent mean deviation exceeds `quiet` scales (a burst).
     quiet: float = 3.0
     quiet_samples: int = 16
+    #: ...unless the burst has lasted longer than a vehicle takes to cross (then: the sensor).
+    burst_s: float = 20.0
     #: A spike while the site's accelerometer runs this many times its quiet energy is traffic.
     traffic_ratio: float = 4.0
     traffic_hold_s: float = 2.0
 
     def __post_init__(self) -> None:
         _check(self.quiet > 0, f"spike.quiet must be > 0, got {self.quiet}")
+        _check(self.burst_s > 0, f"spike.burst_s must be > 0, got {self.burst_s}")
         _check(self.quiet_samples >= 1,
                f"spike.quiet_samples must be >= 1, got {self.quiet_samples}")
         _check(self.traffic_ratio > 1, f"spike.traffic_ratio must be > 1, got "

@@ -18,7 +18,9 @@ Traffic is not a fault. A sensor glitch is one or two samples in an otherwise qu
 vehicle crossing shakes strain, deflection and tilt for seconds. So a candidate opens only
 while the signal's recent activity (the mean |deviation| from the median over the last
 `quiet_samples`, each clipped at the band) is at most `quiet` robust scales: a peak inside a
-vibration burst is not isolated. And where the site has an accelerometer (`TrafficGate`), a
+vibration burst is not isolated, unless the burst has lasted longer than `burst_s` (20 s, more
+than any vehicle takes to cross): a noise burst of minutes is the sensor's, and its spikes are
+faults again. And where the site has an accelerometer (`TrafficGate`), a
 spike whose time lies within `traffic_hold_s` of a quarter-second in which the accelerometer's
 short-term energy (mean |a - its 1 s mean| over 0.5 s) ran at `traffic_ratio` times its quiet
 level (the low envelope of that energy: it follows a fall within 30 s and a rise over 10 min,
@@ -38,6 +40,7 @@ from numpy.typing import NDArray
 
 from edge_agent.kernels._jit import inlined, kernel
 from edge_agent.kernels._layout import (
+    FP_SPIKE_BURST,
     FP_SPIKE_HOLD,
     FP_SPIKE_K,
     FP_SPIKE_MIN_DEV,
@@ -53,6 +56,7 @@ from edge_agent.kernels._layout import (
     IP_SPIKE_QUIET_N,
     IP_SPIKE_SCALE_N,
     IP_SPIKE_WINDOW,
+    IS_SPIKE_BURST_T0,
     IS_SPIKE_CLEAN,
     IS_SPIKE_FILL,
     IS_SPIKE_NSCALE,
@@ -61,15 +65,18 @@ from edge_agent.kernels._layout import (
     IS_SPIKE_POS,
     IS_SPIKE_TRAFFIC,
 )
+from edge_agent.kernels._layout import NO_TIME
 from edge_agent.kernels.codes import SPIKE
 from edge_agent.kernels.events import emit
 
 #: window, max_len, scale_samples, clear_samples, samples before detection, k, min_dev,
-#: quiet, activity weight
-SpikeParams = tuple[int, int, int, int, int, float, float, float, float]
+#: quiet, activity weight, longest vehicle burst (ms)
+SpikeParams = tuple[int, int, int, int, int, float, float, float, float, float]
 #: fill, deviations seen, pending, its first index, clean run, scale, the candidate's ref,
-#: band and peak, level, the scale's update weight, activity, spikes taken as traffic
-SpikeState = tuple[int, int, int, int, int, float, float, float, float, int, float, float, int]
+#: band and peak, level, the scale's update weight, activity, spikes taken as traffic, start
+#: of the current burst
+SpikeState = tuple[int, int, int, int, int, float, float, float, float, int, float, float, int,
+                   int]
 
 #: Time bins the traffic gate keeps per accelerometer (a ring), and their length (ms).
 GATE_BINS: Final = 512
@@ -205,25 +212,28 @@ def spike_load(
     w, scale_n = ip[s, IP_SPIKE_WINDOW], ip[s, IP_SPIKE_SCALE_N]
     params = (w, ip[s, IP_SPIKE_MAX_LEN], scale_n, ip[s, IP_SPIKE_CLEAR], min(w, scale_n),
               fp[s, FP_SPIKE_K], fp[s, FP_SPIKE_MIN_DEV], fp[s, FP_SPIKE_QUIET],
-              1.0 / max(ip[s, IP_SPIKE_QUIET_N], 1))
+              1.0 / max(ip[s, IP_SPIKE_QUIET_N], 1), fp[s, FP_SPIKE_BURST])
     n_scale = is_[s, IS_SPIKE_NSCALE]
     state = (is_[s, IS_SPIKE_FILL], n_scale, is_[s, IS_SPIKE_PEND], is_[s, IS_SPIKE_PEND_IDX],
              is_[s, IS_SPIKE_CLEAN], fs[s, FS_SPIKE_SCALE], fs[s, FS_SPIKE_PEND_REF],
              fs[s, FS_SPIKE_PEND_THR], fs[s, FS_SPIKE_PEND_PEAK], np.int64(levels[s, SPIKE]),
-             1.0 / max(n_scale, 1), fs[s, FS_SPIKE_ACT], is_[s, IS_SPIKE_TRAFFIC])
+             1.0 / max(n_scale, 1), fs[s, FS_SPIKE_ACT], is_[s, IS_SPIKE_TRAFFIC],
+             is_[s, IS_SPIKE_BURST_T0])
     return params, state
 
 
 @inlined
 def spike_step(
-    p: SpikeParams, st: SpikeState, x: float, median: float, i: int, s: int, traffic: bool,
+    p: SpikeParams, st: SpikeState, x: float, median: float, i: int, t: int, s: int,
+    traffic: bool,
     ev_int: NDArray[np.int64], ev_float: NDArray[np.float64], n_ev: int,
 ) -> tuple[SpikeState, int]:
     """Feed one finite sample and the median of the window before it (unused until the
     window is full); `traffic`: the site's accelerometer saw a burst around this sample.
     Returns the state and event count."""
-    w, max_len, scale_n, clear_n, warm_n, k, min_dev, quiet, act_rate = p
-    fill, n_scale, pend, pend_idx, clean, scale, ref, thr, peak, level, rate, act, n_traffic = st
+    w, max_len, scale_n, clear_n, warm_n, k, min_dev, quiet, act_rate, burst_ms = p
+    (fill, n_scale, pend, pend_idx, clean, scale, ref, thr, peak, level, rate, act, n_traffic,
+     burst_t0) = st
     if fill < w:
         fill += 1
     else:
@@ -231,6 +241,12 @@ def spike_step(
         floor = max(scale, min_dev)
         band = k * floor
         calm = act <= quiet * floor
+        if calm:
+            burst_t0 = NO_TIME
+        elif burst_t0 == NO_TIME:
+            burst_t0 = t
+        elif t - burst_t0 > burst_ms:
+            calm = True  # longer than any vehicle: the sensor's own noise
         act += (min(abs(dev), band) - act) * act_rate
         if pend > 0:
             off = x - ref
@@ -267,7 +283,7 @@ def spike_step(
                     n_ev = emit(ev_int, ev_float, n_ev, s, SPIKE, 0, 1, i, math.nan, math.nan)
                     level, clean = 0, 0
     return (fill, n_scale, pend, pend_idx, clean, scale, ref, thr, peak, level, rate, act,
-            n_traffic), n_ev
+            n_traffic, burst_t0), n_ev
 
 
 @inlined
@@ -276,9 +292,11 @@ def spike_store(
     levels: NDArray[np.int8],
 ) -> None:
     """Write the state back to the sensor's row (the ring is `spike_keep_window`'s)."""
-    fill, n_scale, pend, pend_idx, clean, scale, ref, thr, peak, level, _, act, n_traffic = st
+    (fill, n_scale, pend, pend_idx, clean, scale, ref, thr, peak, level, _, act, n_traffic,
+     burst_t0) = st
     is_[s, IS_SPIKE_NSCALE], is_[s, IS_SPIKE_PEND] = n_scale, pend
     fs[s, FS_SPIKE_ACT], is_[s, IS_SPIKE_TRAFFIC] = act, n_traffic
+    is_[s, IS_SPIKE_BURST_T0] = burst_t0
     is_[s, IS_SPIKE_PEND_IDX], is_[s, IS_SPIKE_CLEAN] = pend_idx, clean
     fs[s, FS_SPIKE_SCALE] = scale
     fs[s, FS_SPIKE_PEND_REF], fs[s, FS_SPIKE_PEND_THR], fs[s, FS_SPIKE_PEND_PEAK] = ref, thr, peak
@@ -322,7 +340,8 @@ def spike_block(
             traffic = False
             if row >= 0 and st[2] > 0:  # a candidate is pending: is it traffic?
                 traffic = traffic_at(row, times_ms[i], hold, ratio_limit, gate_ratio, gate_bin)
-            st, n_ev = spike_step(p, st, x, meds[q], i, s, traffic, ev_int, ev_float, n_ev)
+            st, n_ev = spike_step(p, st, x, meds[q], i, times_ms[i], s, traffic, ev_int,
+                                  ev_float, n_ev)
             q += 1
     spike_store(st, s, fs, is_, levels)
     spike_keep_window(buf, q, s, ip, is_, window)
