@@ -85,8 +85,8 @@ class SpikeRule:
     #: ...unless the burst has lasted longer than a vehicle takes to cross (then: the sensor).
     burst_s: float = 20.0
     #: A spike while the site's accelerometer runs this many times its quiet energy is traffic.
-    traffic_ratio: float = 4.0
-    traffic_hold_s: float = 2.0
+    traffic_ratio: float = 2.5
+    traffic_hold_s: float = 3.0
 
     def __post_init__(self) -> None:
         _check(self.quiet > 0, f"spike.quiet must be > 0, got {self.quiet}")

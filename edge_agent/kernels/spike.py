@@ -79,7 +79,7 @@ SpikeState = tuple[int, int, int, int, int, float, float, float, float, int, flo
                    int]
 
 #: Time bins the traffic gate keeps per accelerometer (a ring), and their length (ms).
-GATE_BINS: Final = 512
+GATE_BINS: Final = 1024
 GATE_BIN_MS: Final = 250
 #: Time constants (s) of the accelerometer's running mean, short-term and quiet energy.
 _ACCEL_MEAN_S: Final = 1.0

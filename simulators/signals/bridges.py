@@ -58,7 +58,7 @@ _LANES: Final = 2
 _WEIGHT_SIGMA: Final = 0.5  # log-normal spread of vehicle loads
 _WEIGHT_CAP: Final = 4.0  # heaviest legal vehicle, in median vehicles
 _KINDS_RESPONDING: Final = frozenset({"bridge.accel", "bridge.strain", "bridge.disp"})
-_TILT_VIBRATION_DEG: Final = 0.002  # tilt shaken by a median vehicle, at the first mode
+_TILT_VIBRATION_DEG: Final = 0.006  # tilt shaken by a median vehicle, at the first mode
 _BURST_GAIN: Final = 1.5  # acceleration excitation added by a median vehicle on the span
 _MEAN_TEMP_C: Final = 15.0
 
@@ -409,11 +409,12 @@ class BridgeTilt(_BridgeModel):
         self.label_settlements(self.settlements, self.rules(), self.thermal)
 
     def rules(self) -> Rules:
-        """Tilt limits both ways: 0.02, 0.05, 0.1, 0.2 deg."""
+        """Tilt limits both ways: 0.05, 0.1, 0.2, 0.4 deg (passing vehicles shake a pier by a
+        few hundredths of a degree)."""
         return Rules(
             self.sensor.kind,
-            high=(0.02, 0.05, 0.1, 0.2),
-            low=(-0.02, -0.05, -0.1, -0.2),
+            high=(0.05, 0.1, 0.2, 0.4),
+            low=(-0.05, -0.1, -0.2, -0.4),
             hysteresis=0.002,
             debounce=3,
         )
