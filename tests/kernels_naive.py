@@ -177,6 +177,8 @@ class Spike:
         self.level = 0
         self.activity = 0.0  # recent mean |deviation|, each clipped at the band
         self.burst_since: int | None = None  # when the activity last rose above quiet
+        self.recent: deque[float] = deque([0.0, 0.0], maxlen=2)  # |deviation| of the last two
+        self.returned: list[float] | None = None  # a spike back near its median, [.., left]
 
     def feed(self, i: int, x: float, t: int) -> Out:
         if not math.isfinite(x):
@@ -196,13 +198,23 @@ class Spike:
             elif t - self.burst_since > 1000.0 * p.burst_s:
                 calm = True  # a burst longer than a vehicle's: the sensor's own
             self.activity += (min(abs(dev), band) - self.activity) / p.quiet_samples
-            if self.candidate is not None:
-                first, ref, thr, peak, length = self.candidate
-                if abs(x - ref) <= thr / 2:
-                    self.candidate, self.clean = None, 0
+            near = p.isolation * max(self.scale, p.min_dev)
+            if self.returned is not None:  # the two samples after it must stay near too
+                first, ref, thr, peak, left = self.returned
+                if abs(x - ref) > near:
+                    self.returned = None
+                elif left > 1:
+                    self.returned = [first, ref, thr, peak, left - 1]
+                else:
+                    self.returned, self.clean = None, 0
                     if self.level == 0:
                         self.level = 1
                         out = (1, ref + thr if peak > 0 else ref - thr, peak, int(first))
+            if self.candidate is not None:
+                first, ref, thr, peak, length = self.candidate
+                if abs(x - ref) <= thr / 2:
+                    self.candidate = None
+                    self.returned = [first, ref, thr, peak, 2]
                 else:
                     z = (x - ref) / (thr / p.k)
                     peak = z if abs(z) > abs(peak) else peak
@@ -210,8 +222,8 @@ class Spike:
                     if length + 1 > p.max_len:
                         self.candidate, self.in_excursion = None, True
             elif warm and abs(dev) > band:
-                if not self.in_excursion and not calm:
-                    self.in_excursion = True  # inside a burst: not an isolated outlier
+                if not self.in_excursion and (not calm or max(self.recent) > near):
+                    self.in_excursion = True  # inside a burst, or loud neighbours: not isolated
                 elif not self.in_excursion:
                     self.candidate = [i, median, band, dev / (band / p.k), 1]
             else:
@@ -223,6 +235,7 @@ class Spike:
                     if self.clean >= p.clear_samples:
                         self.level, self.clean = 0, 0
                         out = (0, NAN, NAN, i)
+            self.recent.append(abs(dev))
         self.window.append(x)
         return out
 

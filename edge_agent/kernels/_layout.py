@@ -71,7 +71,8 @@ FP_SPIKE_QUIET: Final = 45  # activity (in scales) above which no spike candidat
 FP_SPIKE_TRAFFIC: Final = 46  # accelerometer energy ratio that marks traffic
 FP_SPIKE_HOLD: Final = 47  # ms either side of a spike the accelerometer is looked at
 FP_SPIKE_BURST: Final = 48  # ms a burst may last and still be a vehicle's
-N_FP: Final = 49
+FP_SPIKE_ISO: Final = 49  # scales a spike's neighbours must stay within
+N_FP: Final = 50
 
 # --- int state ------------------------------------------------------------------------------
 IS_HIGH_CNT: Final = 0  # 4 debounce counters
@@ -96,7 +97,8 @@ IS_RANGE_GOOD: Final = 33
 IS_ANOM_RUN: Final = 34  # signed run of clipped innovations of the anomaly smoother
 IS_SPIKE_TRAFFIC: Final = 35  # spikes taken as traffic (not raised)
 IS_SPIKE_BURST_T0: Final = 36  # time the current burst began (ms), or NO_TIME when calm
-N_IS: Final = 37
+IS_SPIKE_CONFIRM: Final = 37  # samples after a spike's return still to be checked
+N_IS: Final = 38
 
 # --- float state ----------------------------------------------------------------------------
 FS_RATE_S0: Final = 0  # weighted sums of 1, u, u^2, x, u*x (u: time to last sample, s)
@@ -124,7 +126,9 @@ FS_FLAT_REF: Final = 21
 FS_DRIFT_MID: Final = 22
 FS_ANOM_HELD: Final = 23  # seconds the current alarm has held the baseline
 FS_SPIKE_ACT: Final = 24  # recent mean |deviation| (clipped at the band)
-N_FS: Final = 25
+FS_SPIKE_D1: Final = 25  # |deviation| of the previous sample
+FS_SPIKE_D2: Final = 26  # |deviation| of the one before
+N_FS: Final = 27
 
 # --- event buffer columns -------------------------------------------------------------------
 EV_SENSOR: Final = 0

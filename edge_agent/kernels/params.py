@@ -73,7 +73,7 @@ def _row(r: SensorRules) -> tuple[list[float], list[int]]:
     f[L.FP_SPIKE_K], f[L.FP_SPIKE_MIN_DEV] = spike.k, spike.min_dev
     f[L.FP_SPIKE_QUIET], i[L.IP_SPIKE_QUIET_N] = spike.quiet, spike.quiet_samples
     f[L.FP_SPIKE_TRAFFIC], f[L.FP_SPIKE_HOLD] = spike.traffic_ratio, 1000.0 * spike.traffic_hold_s
-    f[L.FP_SPIKE_BURST] = 1000.0 * spike.burst_s
+    f[L.FP_SPIKE_BURST], f[L.FP_SPIKE_ISO] = 1000.0 * spike.burst_s, spike.isolation
     an = r.anomaly
     f[L.FP_ANOM_Z:L.FP_ANOM_Z + 4] = _limits(an.z)
     i[L.IP_ANOM_N], i[L.IP_ANOM_DEBOUNCE] = len(an.z), an.debounce

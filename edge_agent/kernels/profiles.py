@@ -84,6 +84,8 @@ class SpikeRule:
     quiet_samples: int = 16
     #: ...unless the burst has lasted longer than a vehicle takes to cross (then: the sensor).
     burst_s: float = 20.0
+    #: A spike's two neighbours on each side must stay within this many scales of the median.
+    isolation: float = 5.0
     #: A spike while the site's accelerometer runs this many times its quiet energy is traffic.
     traffic_ratio: float = 2.5
     traffic_hold_s: float = 3.0
@@ -91,6 +93,7 @@ class SpikeRule:
     def __post_init__(self) -> None:
         _check(self.quiet > 0, f"spike.quiet must be > 0, got {self.quiet}")
         _check(self.burst_s > 0, f"spike.burst_s must be > 0, got {self.burst_s}")
+        _check(self.isolation > 0, f"spike.isolation must be > 0, got {self.isolation}")
         _check(self.quiet_samples >= 1,
                f"spike.quiet_samples must be >= 1, got {self.quiet_samples}")
         _check(self.traffic_ratio > 1, f"spike.traffic_ratio must be > 1, got "

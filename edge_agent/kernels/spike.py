@@ -20,7 +20,10 @@ while the signal's recent activity (the mean |deviation| from the median over th
 `quiet_samples`, each clipped at the band) is at most `quiet` robust scales: a peak inside a
 vibration burst is not isolated, unless the burst has lasted longer than `burst_s` (20 s, more
 than any vehicle takes to cross): a noise burst of minutes is the sensor's, and its spikes are
-faults again. And where the site has an accelerometer (`TrafficGate`), a
+faults again. And a spike must be isolated: the `SPIKE_NEIGHBOURS` samples before it and after
+its return must stay within `isolation` robust scales of the median (a glitch is one or two
+samples; a vehicle's shaking, even sampled at 1 Hz, moves its neighbours too), so a spike is
+raised two samples after it came back. And where the site has an accelerometer (`TrafficGate`), a
 spike whose time lies within `traffic_hold_s` of a quarter-second in which the accelerometer's
 short-term energy (mean |a - its 1 s mean| over 0.5 s) ran at `traffic_ratio` times its quiet
 level (the low envelope of that energy: it follows a fall within 30 s and a rise over 10 min,
@@ -42,11 +45,14 @@ from edge_agent.kernels._jit import inlined, kernel
 from edge_agent.kernels._layout import (
     FP_SPIKE_BURST,
     FP_SPIKE_HOLD,
+    FP_SPIKE_ISO,
     FP_SPIKE_K,
     FP_SPIKE_MIN_DEV,
     FP_SPIKE_QUIET,
     FP_SPIKE_TRAFFIC,
     FS_SPIKE_ACT,
+    FS_SPIKE_D1,
+    FS_SPIKE_D2,
     FS_SPIKE_PEND_PEAK,
     FS_SPIKE_PEND_REF,
     FS_SPIKE_PEND_THR,
@@ -58,6 +64,7 @@ from edge_agent.kernels._layout import (
     IP_SPIKE_WINDOW,
     IS_SPIKE_BURST_T0,
     IS_SPIKE_CLEAN,
+    IS_SPIKE_CONFIRM,
     IS_SPIKE_FILL,
     IS_SPIKE_NSCALE,
     IS_SPIKE_PEND,
@@ -70,13 +77,16 @@ from edge_agent.kernels.codes import SPIKE
 from edge_agent.kernels.events import emit
 
 #: window, max_len, scale_samples, clear_samples, samples before detection, k, min_dev,
-#: quiet, activity weight, longest vehicle burst (ms)
-SpikeParams = tuple[int, int, int, int, int, float, float, float, float, float]
+#: quiet, activity weight, longest vehicle burst (ms), isolation
+SpikeParams = tuple[int, int, int, int, int, float, float, float, float, float, float]
 #: fill, deviations seen, pending, its first index, clean run, scale, the candidate's ref,
 #: band and peak, level, the scale's update weight, activity, spikes taken as traffic, start
-#: of the current burst
+#: of the current burst, |deviation| of the last two samples, samples left to confirm
 SpikeState = tuple[int, int, int, int, int, float, float, float, float, int, float, float, int,
-                   int]
+                   int, float, float, int]
+
+#: Samples on each side of a spike that must stay near the median (the isolation check).
+SPIKE_NEIGHBOURS: Final = 2
 
 #: Time bins the traffic gate keeps per accelerometer (a ring), and their length (ms).
 GATE_BINS: Final = 1024
@@ -212,13 +222,14 @@ def spike_load(
     w, scale_n = ip[s, IP_SPIKE_WINDOW], ip[s, IP_SPIKE_SCALE_N]
     params = (w, ip[s, IP_SPIKE_MAX_LEN], scale_n, ip[s, IP_SPIKE_CLEAR], min(w, scale_n),
               fp[s, FP_SPIKE_K], fp[s, FP_SPIKE_MIN_DEV], fp[s, FP_SPIKE_QUIET],
-              1.0 / max(ip[s, IP_SPIKE_QUIET_N], 1), fp[s, FP_SPIKE_BURST])
+              1.0 / max(ip[s, IP_SPIKE_QUIET_N], 1), fp[s, FP_SPIKE_BURST], fp[s, FP_SPIKE_ISO])
     n_scale = is_[s, IS_SPIKE_NSCALE]
     state = (is_[s, IS_SPIKE_FILL], n_scale, is_[s, IS_SPIKE_PEND], is_[s, IS_SPIKE_PEND_IDX],
              is_[s, IS_SPIKE_CLEAN], fs[s, FS_SPIKE_SCALE], fs[s, FS_SPIKE_PEND_REF],
              fs[s, FS_SPIKE_PEND_THR], fs[s, FS_SPIKE_PEND_PEAK], np.int64(levels[s, SPIKE]),
              1.0 / max(n_scale, 1), fs[s, FS_SPIKE_ACT], is_[s, IS_SPIKE_TRAFFIC],
-             is_[s, IS_SPIKE_BURST_T0])
+             is_[s, IS_SPIKE_BURST_T0], fs[s, FS_SPIKE_D1], fs[s, FS_SPIKE_D2],
+             is_[s, IS_SPIKE_CONFIRM])
     return params, state
 
 
@@ -231,9 +242,9 @@ def spike_step(
     """Feed one finite sample and the median of the window before it (unused until the
     window is full); `traffic`: the site's accelerometer saw a burst around this sample.
     Returns the state and event count."""
-    w, max_len, scale_n, clear_n, warm_n, k, min_dev, quiet, act_rate, burst_ms = p
+    w, max_len, scale_n, clear_n, warm_n, k, min_dev, quiet, act_rate, burst_ms, iso = p
     (fill, n_scale, pend, pend_idx, clean, scale, ref, thr, peak, level, rate, act, n_traffic,
-     burst_t0) = st
+     burst_t0, d1, d2, confirm) = st
     if fill < w:
         fill += 1
     else:
@@ -248,17 +259,25 @@ def spike_step(
         elif t - burst_t0 > burst_ms:
             calm = True  # longer than any vehicle: the sensor's own noise
         act += (min(abs(dev), band) - act) * act_rate
+        near = iso * floor
+        if confirm > 0:  # the samples after its return must stay near the median too
+            if abs(x - ref) > near:
+                confirm = 0  # they do not: a burst's peak, not a glitch
+            else:
+                confirm -= 1
+                if confirm == 0:  # isolated: it was a spike
+                    clean = 0
+                    if traffic:
+                        n_traffic += 1
+                    elif level == 0:
+                        index = pend_idx if pend_idx >= 0 else i
+                        edge = ref + thr if peak > 0 else ref - thr
+                        n_ev = emit(ev_int, ev_float, n_ev, s, SPIKE, 1, 0, index, edge, peak)
+                        level = 1
         if pend > 0:
             off = x - ref
-            if abs(off) <= 0.5 * thr:  # back near the old median: it was a spike
-                pend, clean = 0, 0
-                if traffic:
-                    n_traffic += 1
-                elif level == 0:
-                    index = pend_idx if pend_idx >= 0 else i
-                    edge = ref + thr if peak > 0 else ref - thr
-                    n_ev = emit(ev_int, ev_float, n_ev, s, SPIKE, 1, 0, index, edge, peak)
-                    level = 1
+            if abs(off) <= 0.5 * thr:  # back near the old median: check what follows
+                pend, confirm = 0, SPIKE_NEIGHBOURS
             else:
                 pend += 1
                 z = off / (thr / k)
@@ -267,8 +286,8 @@ def spike_step(
                 if pend > max_len:
                     pend = -1  # a level shift, not a spike
         elif n_scale >= warm_n and abs(dev) > band:
-            if pend == 0 and not calm:
-                pend = -1  # inside a burst: not an isolated outlier
+            if pend == 0 and (not calm or max(d1, d2) > near):
+                pend = -1  # inside a burst, or its neighbours are not quiet: not isolated
             elif pend == 0:  # open a candidate; pend == -1: still in a long excursion
                 pend, pend_idx, ref, thr, peak = 1, i, median, band, dev / (band / k)
         else:
@@ -282,8 +301,9 @@ def spike_step(
                 if clean >= clear_n:
                     n_ev = emit(ev_int, ev_float, n_ev, s, SPIKE, 0, 1, i, math.nan, math.nan)
                     level, clean = 0, 0
+        d2, d1 = d1, abs(dev)
     return (fill, n_scale, pend, pend_idx, clean, scale, ref, thr, peak, level, rate, act,
-            n_traffic, burst_t0), n_ev
+            n_traffic, burst_t0, d1, d2, confirm), n_ev
 
 
 @inlined
@@ -293,10 +313,11 @@ def spike_store(
 ) -> None:
     """Write the state back to the sensor's row (the ring is `spike_keep_window`'s)."""
     (fill, n_scale, pend, pend_idx, clean, scale, ref, thr, peak, level, _, act, n_traffic,
-     burst_t0) = st
+     burst_t0, d1, d2, confirm) = st
     is_[s, IS_SPIKE_NSCALE], is_[s, IS_SPIKE_PEND] = n_scale, pend
     fs[s, FS_SPIKE_ACT], is_[s, IS_SPIKE_TRAFFIC] = act, n_traffic
-    is_[s, IS_SPIKE_BURST_T0] = burst_t0
+    is_[s, IS_SPIKE_BURST_T0], is_[s, IS_SPIKE_CONFIRM] = burst_t0, confirm
+    fs[s, FS_SPIKE_D1], fs[s, FS_SPIKE_D2] = d1, d2
     is_[s, IS_SPIKE_PEND_IDX], is_[s, IS_SPIKE_CLEAN] = pend_idx, clean
     fs[s, FS_SPIKE_SCALE] = scale
     fs[s, FS_SPIKE_PEND_REF], fs[s, FS_SPIKE_PEND_THR], fs[s, FS_SPIKE_PEND_PEAK] = ref, thr, peak
@@ -338,7 +359,7 @@ def spike_block(
         x = values[i]
         if math.isfinite(x):
             traffic = False
-            if row >= 0 and st[2] > 0:  # a candidate is pending: is it traffic?
+            if row >= 0 and (st[2] > 0 or st[16] > 0):  # a candidate pending: is it traffic?
                 traffic = traffic_at(row, times_ms[i], hold, ratio_limit, gate_ratio, gate_bin)
             st, n_ev = spike_step(p, st, x, meds[q], i, times_ms[i], s, traffic, ev_int,
                                   ev_float, n_ev)
