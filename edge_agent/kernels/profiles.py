@@ -346,8 +346,9 @@ PROFILES: Final[dict[str, SensorRules]] = {
     "bridge.disp": _profile("bridge.disp", resolution=0.05, rules=_FAULTS | _SLOW,
                             spike_k=_VEHICLE_SPIKE_K, anomaly_z=_VEHICLE_Z,
                             window_rules=_DEFORMATION),
+    # a pier's or deck's tilt shakes with every heavy vehicle too
     "bridge.tilt": _profile("bridge.tilt", resolution=0.002, rules=_FAULTS | _SLOW,
-                            window_rules=_DEFORMATION),
+                            spike_k=_VEHICLE_SPIKE_K, window_rules=_DEFORMATION),
     "tunnel.co": _profile(
         "tunnel.co", resolution=1.0, rules=_FAULTS | _SLOW | {"rate"},
         high=(100.0, 150.0, 200.0, 250.0), hysteresis=5.0,
