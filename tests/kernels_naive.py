@@ -191,17 +191,18 @@ class Spike:
             band = p.k * max(self.scale, p.min_dev)
             warm = self.n_scale >= min(p.window, p.scale_samples)
             calm = self.activity <= p.quiet * max(self.scale, p.min_dev)
+            own = False  # a burst longer than a vehicle's: the sensor's own noise
             if calm:
                 self.burst_since = None
             elif self.burst_since is None:
                 self.burst_since = t
             elif t - self.burst_since > 1000.0 * p.burst_s:
-                calm = True  # a burst longer than a vehicle's: the sensor's own
+                own = True
             self.activity += (min(abs(dev), band) - self.activity) / p.quiet_samples
             near = p.isolation * max(self.scale, p.min_dev)
             if self.returned is not None:  # the two samples after it must stay near too
                 first, ref, thr, peak, left = self.returned
-                if abs(x - ref) > near:
+                if abs(x - ref) > near and not own:
                     self.returned = None
                 elif left > 1:
                     self.returned = [first, ref, thr, peak, left - 1]
@@ -212,7 +213,12 @@ class Spike:
                         out = (1, ref + thr if peak > 0 else ref - thr, peak, int(first))
             if self.candidate is not None:
                 first, ref, thr, peak, length = self.candidate
-                if abs(x - ref) <= thr / 2:
+                if abs(x - ref) <= thr / 2 and own:  # in the sensor's own noise: no wait
+                    self.candidate, self.clean = None, 0
+                    if self.level == 0:
+                        self.level = 1
+                        out = (1, ref + thr if peak > 0 else ref - thr, peak, int(first))
+                elif abs(x - ref) <= thr / 2:
                     self.candidate = None
                     self.returned = [first, ref, thr, peak, 2]
                 else:
@@ -222,7 +228,8 @@ class Spike:
                     if length + 1 > p.max_len:
                         self.candidate, self.in_excursion = None, True
             elif warm and abs(dev) > band:
-                if not self.in_excursion and (not calm or max(self.recent) > near):
+                if not self.in_excursion and (self.returned is not None or not own and (
+                        not calm or max(self.recent) > near)):
                     self.in_excursion = True  # inside a burst, or loud neighbours: not isolated
                 elif not self.in_excursion:
                     self.candidate = [i, median, band, dev / (band / p.k), 1]

@@ -20,7 +20,7 @@ while the signal's recent activity (the mean |deviation| from the median over th
 `quiet_samples`, each clipped at the band) is at most `quiet` robust scales: a peak inside a
 vibration burst is not isolated, unless the burst has lasted longer than `burst_s` (20 s, more
 than any vehicle takes to cross): a noise burst of minutes is the sensor's, and its spikes are
-faults again. And a spike must be isolated: the `SPIKE_NEIGHBOURS` samples before it and after
+faults again (neither this nor the isolation check below holds them back). And a spike must be isolated: the `SPIKE_NEIGHBOURS` samples before it and after
 its return must stay within `isolation` robust scales of the median (a glitch is one or two
 samples; a vehicle's shaking, even sampled at 1 Hz, moves its neighbours too), so a spike is
 raised two samples after it came back. And where the site has an accelerometer (`TrafficGate`), a
@@ -234,6 +234,22 @@ def spike_load(
 
 
 @inlined
+def _spike_found(
+    traffic: bool, level: int, n_traffic: int, pend_idx: int, i: int, ref: float, thr: float,
+    peak: float, s: int, ev_int: NDArray[np.int64], ev_float: NDArray[np.float64], n_ev: int,
+) -> tuple[int, int, int]:
+    """A spike was confirmed at sample i: traffic (counted) or a raise to level 1 (at its first
+    sample if that is in this batch). Returns level, traffic count and event count."""
+    if traffic:
+        return level, n_traffic + 1, n_ev
+    if level == 0:
+        index = pend_idx if pend_idx >= 0 else i
+        edge = ref + thr if peak > 0 else ref - thr
+        return 1, n_traffic, emit(ev_int, ev_float, n_ev, s, SPIKE, 1, 0, index, edge, peak)
+    return level, n_traffic, n_ev
+
+
+@inlined
 def spike_step(
     p: SpikeParams, st: SpikeState, x: float, median: float, i: int, t: int, s: int,
     traffic: bool,
@@ -252,31 +268,32 @@ def spike_step(
         floor = max(scale, min_dev)
         band = k * floor
         calm = act <= quiet * floor
+        own = False  # in a burst longer than any vehicle's: the sensor's own noise
         if calm:
             burst_t0 = NO_TIME
         elif burst_t0 == NO_TIME:
             burst_t0 = t
         elif t - burst_t0 > burst_ms:
-            calm = True  # longer than any vehicle: the sensor's own noise
+            own = True
         act += (min(abs(dev), band) - act) * act_rate
         near = iso * floor
         if confirm > 0:  # the samples after its return must stay near the median too
-            if abs(x - ref) > near:
+            if abs(x - ref) > near and not own:
                 confirm = 0  # they do not: a burst's peak, not a glitch
             else:
                 confirm -= 1
                 if confirm == 0:  # isolated: it was a spike
                     clean = 0
-                    if traffic:
-                        n_traffic += 1
-                    elif level == 0:
-                        index = pend_idx if pend_idx >= 0 else i
-                        edge = ref + thr if peak > 0 else ref - thr
-                        n_ev = emit(ev_int, ev_float, n_ev, s, SPIKE, 1, 0, index, edge, peak)
-                        level = 1
+                    level, n_traffic, n_ev = _spike_found(traffic, level, n_traffic, pend_idx,
+                                                          i, ref, thr, peak, s, ev_int,
+                                                          ev_float, n_ev)
         if pend > 0:
             off = x - ref
-            if abs(off) <= 0.5 * thr:  # back near the old median: check what follows
+            if abs(off) <= 0.5 * thr and own:  # back, in the sensor's own noise: a spike
+                pend, clean = 0, 0
+                level, n_traffic, n_ev = _spike_found(traffic, level, n_traffic, pend_idx, i,
+                                                      ref, thr, peak, s, ev_int, ev_float, n_ev)
+            elif abs(off) <= 0.5 * thr:  # back near the old median: check what follows
                 pend, confirm = 0, SPIKE_NEIGHBOURS
             else:
                 pend += 1
@@ -286,7 +303,7 @@ def spike_step(
                 if pend > max_len:
                     pend = -1  # a level shift, not a spike
         elif n_scale >= warm_n and abs(dev) > band:
-            if pend == 0 and (not calm or max(d1, d2) > near):
+            if pend == 0 and (confirm > 0 or not own and (not calm or max(d1, d2) > near)):
                 pend = -1  # inside a burst, or its neighbours are not quiet: not isolated
             elif pend == 0:  # open a candidate; pend == -1: still in a long excursion
                 pend, pend_idx, ref, thr, peak = 1, i, median, band, dev / (band / k)
