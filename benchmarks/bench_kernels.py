@@ -271,11 +271,113 @@ def throughput_table(
     return lines, speedups, ref
 
 
+# --- structural kernels ---------------------------------------------------------------------
+
+STRUCTURAL_SECTION = "## Kernels (structural)"
+
+
+def _cpu_s(fn: Callable[[], None]) -> float:
+    """CPU seconds of this process taken by fn()."""
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def structural_table(n_accel: int = 100, rate_hz: float = 100.0, minutes: int = 5) -> str:
+    """Markdown: samples/s of the spectral features, the window rules and the traffic gate,
+    and the CPU share of `n_accel` accelerometers at `rate_hz` on this core and a Pi's."""
+    from benchmarks.machine import PI_CORE_FACTOR
+    from edge_agent.kernels.features import WindowAccumulator
+    from edge_agent.kernels.spike import TrafficGate
+    from edge_agent.kernels.structural import WindowRules, warm_up_structural
+    from edge_agent.kernels.features import WindowFeatures
+
+    rng = np.random.default_rng(15)
+    per_block = int(rate_hz)  # one block per sensor per second, as sensor nodes send them
+    t = np.arange(per_block) / rate_hz
+    acc = WindowAccumulator(n_accel, kinds=["bridge.accel"] * n_accel, sample_rate_hz=rate_hz)
+    sensors = np.arange(n_accel, dtype=np.int32)
+    starts = np.arange(n_accel + 1, dtype=np.int64) * per_block
+    seconds = [np.concatenate([0.02 * np.sin(2 * np.pi * (10.8 + 0.01 * s) * (t + k))
+                               + 0.004 * np.sin(2 * np.pi * 23.4 * (t + k))
+                               + 0.002 * rng.normal(size=per_block) for s in range(n_accel)])
+               for k in range(60)]
+    times = [np.tile(1_767_225_600_000 + (k * 1000 + np.arange(per_block) * 1000 // per_block),
+                     n_accel).astype(np.int64) for k in range(60)]
+    warm_up_structural()
+    acc.add(seconds[0], sensors, starts, times[0])
+    acc.take(duration_ms=1000)
+    add_s = take_s = 0.0
+    for _ in range(minutes):
+        add_s += _cpu_s(lambda: [acc.add(seconds[k], sensors, starts, times[k])
+                                 for k in range(60)])
+        take_s += _cpu_s(lambda: acc.take(duration_ms=60_000))
+    samples = minutes * 60 * n_accel * per_block
+    share = (add_s + take_s) / (minutes * 60.0)
+    gate = TrafficGate(["bridge.accel"] * n_accel + ["bridge.tilt"] * n_accel,
+                       [f"s{i}" for i in range(n_accel)] * 2, [False] * n_accel + [True] * n_accel)
+    both = np.arange(n_accel, dtype=np.int32)
+    gate.update(seconds[0], times[0], both, starts)
+    gate_s = _cpu_s(lambda: [gate.update(seconds[k], times[k], both, starts) for k in range(60)])
+    from edge_agent.kernels import default_rules, rules_from_overrides
+
+    rows = 1000
+    ids, sites = [f"S{i}" for i in range(rows)], ["x"] * rows
+    learning = WindowRules([default_rules("bridge.strain")] * rows, ids=ids, sites=sites,
+                           window_s=60.0)  # a day's reference: still learning
+    short = rules_from_overrides("bridge.strain", {"trend": {"warmup_s": 600, "reference_s": 600}})
+    armed = WindowRules([short] * rows, ids=ids, sites=sites, window_s=60.0)
+    nan = np.full(rows, np.nan)
+
+    def windows(rules: WindowRules, count: int, offset: int) -> None:
+        for w in range(count):
+            m = 100.0 + rng.normal(0, 1.0, rows)
+            rules.step(WindowFeatures(np.full(rows, 60), m, m, m, m, m, nan, nan), (offset + w)
+                       * 60_000, (offset + w + 1) * 60_000)
+
+    learn_s = _cpu_s(lambda: windows(learning, 200, 0))
+    windows(armed, 40, 0)  # its reference is frozen after 30
+    rules_s = _cpu_s(lambda: windows(armed, 200, 40))
+    lines = [
+        f"Command: `python -m benchmarks.bench_kernels --structural --write`; one core of this "
+        f"machine; a Pi-class core taken as {PI_CORE_FACTOR:g}x slower "
+        "(`benchmarks.machine.PI_CORE_FACTOR`).",
+        "",
+        "| kernel | work | rate | CPU |",
+        "| --- | --- | ---: | ---: |",
+        f"| window features of spectral sensors: `WindowAccumulator.add` | {n_accel} "
+        f"accelerometers at {rate_hz:g} Hz, 1 s blocks | {_fmt(samples / add_s)} samples/s | "
+        f"{100 * add_s / (minutes * 60):.3f} % of a core |",
+        f"| Welch spectra, peaks, modes: `WindowAccumulator.take` | the same, 60 s windows | "
+        f"{_fmt(samples / take_s)} samples/s | {100 * take_s / (minutes * 60):.3f} % of a core |",
+        f"| traffic gate: `traffic_activity` | {n_accel} accelerometers | "
+        f"{_fmt(60 * n_accel * per_block / gate_s)} samples/s | "
+        f"{100 * gate_s / 60:.3f} % of a core |",
+        f"| window rules: `WindowRules.step` (trend) | {rows} sensors, reference learning / "
+        f"armed | {200 * rows / learn_s:,.0f} / {200 * rows / rules_s:,.0f} sensor-windows/s | "
+        f"{100 * learn_s / 200 / 60:.3f} % / {100 * rules_s / 200 / 60:.4f} % of a core for "
+        f"{rows} sensors (60 s windows) |",
+        "",
+        f"Budget: the spectral features of {n_accel} accelerometers at {rate_hz:g} Hz cost "
+        f"{100 * share:.2f} % of this core, so {100 * share * PI_CORE_FACTOR:.2f} % of a Pi-class "
+        f"core (goal <= 10 %).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1 and 100 sensors only")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument("--structural", action="store_true",
+                        help="only the structural kernels (spectra, window rules, traffic gate)")
     args = parser.parse_args()
+    structural = structural_table()
+    print(structural)
+    if args.write:
+        write_section(STRUCTURAL_SECTION, structural)
+    if args.structural:
+        return
     counts = (1, 100) if args.quick else SENSOR_COUNTS
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
                 .splitlines() if line.startswith("model name")), "unknown CPU")

@@ -19,6 +19,13 @@ from pathlib import Path
 
 UNKNOWN = "unknown"
 
+#: How many times longer a Raspberry Pi-class core (Raspberry Pi 4, Cortex-A72 at 1.5-1.8 GHz)
+#: takes than one core of this machine (AMD EPYC, a VM) for the agent's NumPy and numba work:
+#: an estimate from single-core results published for both (integer and floating-point
+#: throughput of a Cortex-A72 at 1.8 GHz is a fifth to a quarter of a current server core);
+#: taken at the slow end so that a budget met here with this factor holds on the cabinet.
+PI_CORE_FACTOR = 6.0
+
 
 @dataclass(frozen=True)
 class Machine:

@@ -11,7 +11,8 @@ Public names, for the CLI and for simulators that drive agents (imported on firs
 `import edge_agent` stays cheap): `AgentConfig` and `load_agent_config` (the agent's
 configuration), `run_agent` (run until SIGTERM), `precompile` (compile the kernels into the
 on-disk cache), `FAULT_RULES` (the kernels' rules that mean a broken sensor rather than an
-event; the agent adds `gap` itself).
+event; the agent adds `gap` itself), `WINDOW_RULES` (the rules that judge closed summary windows,
+such as `trend` and `freq_shift`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig, load_agent_config
     from edge_agent.kernels.codes import FAULT_RULES
+    from edge_agent.kernels.structural import WINDOW_RULES
     from edge_agent.runtime import precompile, run_agent
 
 #: Public name -> module that defines it.
@@ -29,6 +31,7 @@ _PUBLIC: dict[str, str] = {
     "AgentConfig": "edge_agent.config",
     "load_agent_config": "edge_agent.config",
     "FAULT_RULES": "edge_agent.kernels.codes",
+    "WINDOW_RULES": "edge_agent.kernels.structural",
     "precompile": "edge_agent.runtime",
     "run_agent": "edge_agent.runtime",
 }
@@ -44,4 +47,4 @@ def __getattr__(name: str) -> object:
     return value
 
 
-__all__ = ["FAULT_RULES", "AgentConfig", "load_agent_config", "precompile", "run_agent"]
+__all__ = ["FAULT_RULES", "WINDOW_RULES", "AgentConfig", "load_agent_config", "precompile", "run_agent"]

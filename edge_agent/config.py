@@ -168,8 +168,12 @@ class AgentConfig(ConfigSection):
     @model_validator(mode="after")
     def _check_rules(self) -> AgentConfig:
         """Every sensor's thresholds and `rules` overrides must make a valid rule set."""
-        for i, s in enumerate(self.sensor):
-            sensor_rules(s, i)
+        rules = [sensor_rules(s, i) for i, s in enumerate(self.sensor)]
+        from edge_agent.kernels.structural import WindowRules
+
+        # window rules name other sensors (a temperature sensor of the same site)
+        WindowRules(rules, ids=[s.id for s in self.sensor], sites=[s.site for s in self.sensor],
+                    window_s=self.agent.window_s)
         return self
 
     @model_validator(mode="after")

@@ -19,6 +19,12 @@ re-send carries the same id, and a block replayed after a crash (before its aler
 raises an alert with the same id again, which consumers de-duplicate. `seq` counts alerts per
 agent; the runtime persists it with each alert in the outbox.
 
+Window rules: each closed window's features (statistics, tracked modal frequencies) go to
+`WindowRules` (`trend`, `freq_shift`: settlement, creep, convergence, frequency shift; see
+kernels/structural.py); their level changes become Alerts at the window's end `t1`, in the
+same step. Traffic: every batch first updates the `TrafficGate` with the accelerometers'
+samples, so the `spike` rule of a sensor at the same site takes a vehicle's burst for traffic.
+
 Gap fault: a sensor is silent when nothing (samples or, for serial nodes, heartbeats) has
 arrived for longer than its limit, judged by wall clock: `gap_s` from its config, else
 `gap_multiple` times its learnt arrival interval (a slowly decaying maximum of the intervals
@@ -66,6 +72,8 @@ from edge_agent.kernels import (
     SensorRules,
     WindowAccumulator,
 )
+from edge_agent.kernels.spike import TrafficGate, traffic_activity
+from edge_agent.kernels.structural import WindowEvent, WindowRules, warm_up_structural
 from edge_agent.registry import SensorRegistry
 
 log = logging.getLogger(__name__)
@@ -119,6 +127,13 @@ class PipelineCounters:
     alerts: int = 0
     summaries: int = 0
     clock_steps: int = 0
+    #: Windows of spectral sensors without a spectrum (too few samples), or at a changed rate.
+    spectra_skipped: int = 0
+    rate_changes: int = 0
+    #: Windows a window rule (trend, freq_shift) had no value for.
+    window_rule_skips: int = 0
+    #: Spike candidates taken as traffic (an accelerometer of the site saw a burst).
+    spikes_traffic: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
@@ -166,7 +181,13 @@ class Pipeline:
         self.last_alert_seq = last_alert_seq
         self.window_ms = round(window_s * 1000)
         self.chain = RuleChain(list(rules))
-        self.windows = WindowAccumulator(n, kinds=[info.kind for info in registry.sensors])
+        self.windows = WindowAccumulator(n, spectra=[r.spectrum for r in self.chain.rules])
+        self.window_rules = WindowRules(self.chain.rules, ids=registry.ids,
+                                        sites=[s.site for s in registry.sensors], window_s=window_s)
+        #: Window-rule level changes not yet turned into alerts, with their window's end.
+        self._window_events: list[tuple[int, WindowEvent]] = []
+        self.traffic = TrafficGate([s.kind for s in registry.sensors], [s.site for s in registry.sensors],
+                                   [r.spike.enabled for r in self.chain.rules])
         self._clock = clock
         self._wall_offset = wall_offset or (CLOCK.wall_offset_ms if clock is now_ms else lambda: 0)
         self._offset_ms = self._wall_offset() or 0
@@ -206,10 +227,14 @@ class Pipeline:
         sensors, starts = np.empty(0, dtype=np.int32), np.zeros(1, dtype=np.int64)
         self.chain.process(values, times, sensors, starts)
         self.windows.add(values, sensors, starts, times)
+        self.traffic.update(values, times, sensors, starts)
+        traffic_activity(values, times, sensors, starts, np.zeros(1, np.int64), np.zeros((1, 5)),
+                         np.zeros((1, 1)), np.zeros((1, 1), np.int64))
         fill_times(times, values, starts, times)
         group_runs(sensors, starts, times, sensors, np.empty((2, 0), dtype=np.int64), sensors,
                    starts)
         self._plain_batch([])
+        warm_up_structural()
 
     def step(self, raw: Sequence[RawMessage], blocks: Sequence[SampleBlock],
              now: int | None = None) -> StepResult:
@@ -225,7 +250,9 @@ class Pipeline:
         if now - self._gaps_checked >= GAP_CHECK_MS or now < self._gaps_checked:
             self._gaps_checked = now
             alerts += self._check_gaps(now)
-        return StepResult(alerts, stepped or self._summary_due(now))
+        summary = stepped or self._summary_due(now)
+        alerts += self._window_alerts()
+        return StepResult(alerts, summary)
 
     def build_batch(self, raw: Sequence[RawMessage], blocks: Sequence[SampleBlock]) -> Batch | None:
         """Decode raw messages and join them with decoded blocks, grouped by sensor in arrival
@@ -408,7 +435,9 @@ class Pipeline:
         if len(batch.block_sensor) == 0:
             return None
         self.counters.batches += 1
-        events = self.chain.process(batch.values, batch.times, batch.block_sensor, batch.block_start)
+        self.traffic.update(batch.values, batch.times, batch.block_sensor, batch.block_start)
+        events = self.chain.process(batch.values, batch.times, batch.block_sensor, batch.block_start,
+                                    self.traffic)
         self.windows.add(batch.values, batch.block_sensor, batch.block_start, batch.times)
         ends = batch.block_start[1:] - 1
         self._last_value[batch.block_sensor] = batch.values[ends]
@@ -554,15 +583,23 @@ class Pipeline:
         return self._offset_ms
 
     def summary(self, t0: int, t1: int) -> Summary | None:
-        """Take the window features gathered so far as the Summary of [t0, t1); None if no data."""
-        features = self.windows.take()
+        """Take the window features gathered so far as the Summary of [t0, t1) (None if no
+        data) and run the window rules on them (their alerts come with the next step)."""
+        features = self.windows.take(duration_ms=t1 - t0)
+        self._window_events += [(t1, e) for e in self.window_rules.step(features, t0, t1)]
+        counters = self.counters
+        counters.spectra_skipped = self.windows.counters["spectra_skipped"]
+        counters.rate_changes = self.windows.counters["rate_changes"]
+        counters.window_rule_skips = self.window_rules.counters["window_rule_skips"]
+        counters.spikes_traffic = self.chain.spikes_taken_as_traffic()
         rows = np.flatnonzero(np.asarray(features.n) > 0)
         if len(rows) == 0:
             return None
         extra: dict[str, F64Array] = {}
-        for name in ("rms", "f_peak", "f_shift"):
-            column = getattr(features, name, None)
-            if column is not None and not np.all(np.isnan(np.asarray(column)[rows])):
+        columns = {"rms": features.rms, "f_peak": features.f_peak, "f_shift": features.f_shift,
+                   **features.modes}
+        for name, column in columns.items():
+            if not np.all(np.isnan(np.asarray(column)[rows])):
                 extra[name] = np.asarray(column, dtype=np.float64)[rows]
         self.counters.summaries += 1
         return Summary(
@@ -576,19 +613,28 @@ class Pipeline:
             last=np.asarray(features.last, dtype=np.float64)[rows], extra=extra,
         )
 
+    def _window_alerts(self) -> list[Alert]:
+        """Alerts of the window rules' level changes since the last step (times: window ends,
+        already wall clock)."""
+        events, self._window_events = self._window_events, []
+        return [self._alert(e.sensor, e.rule, e.level, e.prev, e.value, t1, e.limit, e.extra,
+                            agent_time=False) for t1, e in events]
+
     # ------------------------------------------------------------------ durable state
 
     def levels_blob(self) -> bytes:
         """The current level of every (sensor, rule), small enough to store with every alert."""
-        return _savez(ids=np.array(self._ids), levels=self.chain.levels(), gap=self._gap_level)
+        return _savez(ids=np.array(self._ids), levels=self.chain.levels(), gap=self._gap_level,
+                      window_levels=self.window_rules.row_levels())
 
     def state_blob(self) -> bytes:
         """The full detection state: kernel and window state, gap levels, learnt intervals, seqs."""
         chain = {f"chain_{k}": v for k, v in self.chain.state_arrays().items()}
         windows = {f"win_{k}": v for k, v in self.windows.state_arrays().items()}
+        window_rules = {f"wr_{k}": v for k, v in self.window_rules.state_arrays().items()}
         return _savez(ids=np.array(self._ids), gap=self._gap_level, interval=self._interval_ms,
                       last_value=self._last_value, last_seq=np.array(self._last_seq, dtype=np.int64),
-                      **chain, **windows)
+                      **chain, **windows, **window_rules)
 
     def restore(self, state: bytes | None, levels: bytes | None) -> bool:
         """Resume from saved blobs: the full state, then the levels saved with the latest alert.
@@ -615,6 +661,7 @@ class Pipeline:
                 for i, r in zip(np.flatnonzero(have).tolist(), rows[have].tolist()):
                     self._last_seq[i] = int(arrays["last_seq"][r])
                 self._restore_windows(arrays, rows)
+                self._restore_window_rules(arrays, rows)
                 restored = True
         arrays = _loadz(levels) if levels is not None else None
         if arrays is not None:
@@ -627,6 +674,8 @@ class Pipeline:
                 self.chain.load_state(current)
                 self._gap_level[have] = arrays["gap"][rows[have]]
                 restored = True
+            if "window_levels" in arrays:
+                self.window_rules.load_row_levels(arrays["window_levels"], rows)
         return restored
 
     def _saved_rows(self, saved_ids: np.ndarray) -> npt.NDArray[np.intp]:
@@ -639,9 +688,19 @@ class Pipeline:
         current = self.windows.state_arrays()
         for key, column in current.items():
             saved = arrays.get(f"win_{key}")
-            if saved is not None and saved.dtype == column.dtype:
+            if saved is not None and saved.dtype == column.dtype and saved.shape[1:] == column.shape[1:]:
                 column[have] = saved[rows[have]]
         self.windows.load_state(current)
+
+    def _restore_window_rules(self, arrays: dict[str, np.ndarray], rows: npt.NDArray[np.intp]) -> None:
+        saved = {k[3:]: v for k, v in arrays.items() if k.startswith("wr_")}
+        if not saved:
+            return
+        try:
+            self.window_rules.load_state(saved, rows)
+        except (ValueError, IndexError) as exc:
+            log.warning("saved window-rule state does not fit this version (%s); trend and "
+                        "freq_shift learn their references afresh", exc)
 
 
 _I64_MAX: Final = 2**63 - 1

@@ -83,8 +83,17 @@ def agent_tables(scenario: Scenario, settings: AgentSettings,
         if raw != settings.prefix and any(s.transport == "mqtt" for s in township.sensors):
             table["raw_mqtt"] = {"url": settings.mqtt_url, "prefix": raw}
         table["sensor"] = [sensor_table(s, by_id[s.id], wires.get(s.id)) for s in township.sensors]
+        _temperature_references(table["sensor"])
         out[township.agent] = table
     return out
+
+
+def _temperature_references(sensors: list[dict[str, Any]]) -> None:
+    """Let each deck accelerometer's `freq_shift` regress on a thermometer of its site."""
+    thermometers = {s["site"]: s["id"] for s in sensors if s["kind"] == "bridge.temp"}
+    for s in sensors:
+        if s["kind"] == "bridge.accel" and s["site"] in thermometers:
+            s["rules"]["freq_shift"] = {"temperature": thermometers[s["site"]]}
 
 
 def write_agent_configs(scenario: Scenario, out_dir: Path, settings: AgentSettings,

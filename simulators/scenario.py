@@ -20,6 +20,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from lifeline.config import ConfigSection, Ident, load_toml_model
+from lifeline.contract.kinds import KIND_UNITS
 from lifeline.contract.topics import DEFAULT_PREFIX
 from lifeline.errors import ConfigError
 from simulators.signals import (
@@ -380,7 +381,7 @@ def synthetic_scenario(
     """A load-test district: `sensors` healthy sensors cycling through `kinds`, split over `agents`."""
     if sensors < 1 or agents < 1:
         raise ValueError("sensors and agents must be >= 1")
-    kinds = list(kinds or sorted(FACTORIES))
+    kinds = list(kinds or sorted(KIND_UNITS))  # the contract's built-in kinds
     per_agent = -(-sensors // agents)
     townships = []
     for a in range(agents):

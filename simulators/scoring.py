@@ -19,12 +19,17 @@ tables and `ScoreReport.to_json` gives the JSON file. The rules of the game:
 - Faults told apart from events: for every label the raises inside its window are split into
   fault rules (`range`, `flatline`, `spike`, `drift`, `gap`) and event rules (`high`, `low`,
   `rate`, `anomaly`), giving a confusion table of truth (event, fault) against what was raised.
+- Onset error: rules that estimate when a change began (`trend`, `freq_shift`: `extra.onset_ts`)
+  are scored on it too: the first matching raise's onset minus the label's start.
 - Latency (paced runs only): the collector's receive time minus the alert's sample time, which
   with RawBlock times is the whole path from the sample to a subscriber of the broker.
 - Not scored: labels with no expected rule (the event stays under every limit by design), and
   on a run replayed faster than real time, `gap` (the agent judges silence by its wall clock)
   and every sensor on serial or Modbus (the agent stamps their samples with receive time).
   Their alerts are ignored, as are alerts outside the run or for sensors not in the truth.
+  The window rules (`trend`, `freq_shift`) are not scored either on such a run: the agent closes
+  its summary windows by its own clock, so a replay of days in minutes gives them a handful of
+  windows (benchmarks/structural.py feeds the agent's pipeline on simulated time instead).
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent import FAULT_RULES as KERNEL_FAULT_RULES
+from edge_agent import WINDOW_RULES as _WINDOW_RULES
 from lifeline.contract import Alert
 from simulators.signals import LabelledEvent
 from simulators.truth import GroundTruth, TruthSensor
 
 #: Rules that say the sensor is broken rather than the world changed (the agent adds `gap`).
 FAULT_RULES: Final[frozenset[str]] = frozenset(KERNEL_FAULT_RULES | {"gap"})
+#: Rules judged on summary windows, which the agent closes by its own clock.
+WINDOW_RULES: Final[frozenset[str]] = frozenset(_WINDOW_RULES)
 #: Transports whose samples the agent stamps with their receive time.
 RECEIVE_STAMPED: Final = frozenset({"serial", "modbus"})
 #: Goals of the issue: share of events detected, false alarms per 100 sensor-days, median delay.
@@ -68,11 +76,14 @@ class AlertRecord:
     ts: int
     agent: str = ""
     received_ms: int | None = None  # when the collector got it (wall clock), if collected live
+    onset_ms: int | None = None  # when the rule says the change began (extra.onset_ts), if it does
 
     @classmethod
     def from_alert(cls, alert: Alert, received_ms: int | None = None) -> AlertRecord:
         """The record of a decoded contract Alert."""
-        return cls(alert.sensor, alert.rule, alert.level, alert.prev, alert.ts, alert.agent, received_ms)
+        onset = (alert.extra or {}).get("onset_ts")
+        return cls(alert.sensor, alert.rule, alert.level, alert.prev, alert.ts, alert.agent, received_ms,
+                   int(onset) if isinstance(onset, (int, float)) else None)
 
     @property
     def is_raise(self) -> bool:
@@ -106,6 +117,7 @@ class LabelResult:
     delay_samples: float | None
     event_rules: bool
     fault_rules: bool
+    onset_error_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,7 @@ class ClassScore:
     delay_samples_median: float | None
     delay_samples_p95: float | None
     abrupt: bool
+    onset_error_ms_median: float | None = None
 
     @property
     def detection_rate(self) -> float | None:
@@ -224,6 +237,7 @@ class _SensorAlerts:
     ts: np.ndarray
     rules: list[str]
     onset: np.ndarray  # raised from level 0
+    change_at: list[int | None]  # each raise's estimate of when the change began
 
 
 def _index(alerts: Iterable[AlertRecord]) -> dict[str, _SensorAlerts]:
@@ -235,7 +249,7 @@ def _index(alerts: Iterable[AlertRecord]) -> dict[str, _SensorAlerts]:
         rows.sort(key=lambda a: a.ts)
         out[sensor] = _SensorAlerts(
             np.array([a.ts for a in rows], dtype=np.int64), [a.rule for a in rows],
-            np.array([a.prev == 0 for a in rows], dtype=bool),
+            np.array([a.prev == 0 for a in rows], dtype=bool), [a.onset_ms for a in rows],
         )
     return out
 
@@ -244,9 +258,14 @@ def _scorable_rules(label: LabelledEvent, sensor: TruthSensor, paced: bool) -> t
     """The rules that may detect a label, or why the label is not scored."""
     if not paced and sensor.transport in RECEIVE_STAMPED:
         return f"{sensor.transport} sensor in a run faster than real time"
-    rules = label.expected_rules if paced else tuple(r for r in label.expected_rules if r != "gap")
+    rules = label.expected_rules if paced else tuple(
+        r for r in label.expected_rules if r != "gap" and r not in WINDOW_RULES)
     if not rules:
-        return "no expected rule" if not label.expected_rules else "gap in a run faster than real time"
+        if not label.expected_rules:
+            return "no expected rule"
+        if set(label.expected_rules) <= WINDOW_RULES:
+            return "window rule in a run faster than real time"
+        return "gap in a run faster than real time"
     return rules
 
 
@@ -313,6 +332,7 @@ def _match(label: LabelledEvent, sensor: TruthSensor, raises: _SensorAlerts | No
     """Score one label against its sensor's raises."""
     first_rule: str | None = None
     first_ts: int | None = None
+    change_at: int | None = None
     event_rules = fault_rules = False
     if raises is not None:
         a, b = np.searchsorted(raises.ts, lo, "left"), np.searchsorted(raises.ts, hi, "right")
@@ -324,6 +344,7 @@ def _match(label: LabelledEvent, sensor: TruthSensor, raises: _SensorAlerts | No
                 event_rules = True
             if first_ts is None and (policy == "any" or rule in rules):
                 first_rule, first_ts = rule, int(raises.ts[k])
+                change_at = raises.change_at[k]
     delay_ms = None if first_ts is None else max(0, first_ts - label.start_ms)
     return LabelResult(
         sensor=label.sensor, domain=label.domain, cls=label.cls, is_fault=label.is_fault,
@@ -331,6 +352,7 @@ def _match(label: LabelledEvent, sensor: TruthSensor, raises: _SensorAlerts | No
         detected=first_ts is not None, rule=first_rule, delay_ms=delay_ms,
         delay_samples=None if delay_ms is None else delay_ms * sensor.rate_hz / 1000.0,
         event_rules=event_rules, fault_rules=fault_rules,
+        onset_error_ms=None if change_at is None else change_at - label.start_ms,
     )
 
 
@@ -369,12 +391,14 @@ def _classes(results: Sequence[LabelResult],
         delays_ms = [float(r.delay_ms) for r in rows if r.delay_ms is not None]
         delays_n = [r.delay_samples for r in rows if r.delay_samples is not None]
         told = sum(1 for r in rows if (r.fault_rules if is_fault else r.event_rules))
+        onset_errors = [float(abs(r.onset_error_ms)) for r in rows if r.onset_error_ms is not None]
         out.append(ClassScore(
             domain=domain, cls=cls, is_fault=is_fault, labelled=len(rows),
             detected=sum(1 for r in rows if r.detected), unscored=unscored.get((domain, cls, is_fault), 0),
             told_apart=told, delay_ms_median=_percentile(delays_ms, 50),
             delay_ms_p95=_percentile(delays_ms, 95), delay_samples_median=_percentile(delays_n, 50),
             delay_samples_p95=_percentile(delays_n, 95), abrupt=any(r.abrupt for r in rows),
+            onset_error_ms_median=_percentile(onset_errors, 50),
         ))
     out.sort(key=lambda c: (c.is_fault, c.domain, c.cls))
     return out

@@ -175,6 +175,10 @@ class Spike:
         self.in_excursion = False
         self.clean = 0
         self.level = 0
+        self.activity = 0.0  # recent mean |deviation|, each clipped at the band
+        self.burst_since: int | None = None  # when the activity last rose above quiet
+        self.recent: deque[float] = deque([0.0, 0.0], maxlen=2)  # |deviation| of the last two
+        self.returned: list[float] | None = None  # a spike back near its median, [.., left]
 
     def feed(self, i: int, x: float, t: int) -> Out:
         if not math.isfinite(x):
@@ -186,13 +190,37 @@ class Spike:
             dev = x - median
             band = p.k * max(self.scale, p.min_dev)
             warm = self.n_scale >= min(p.window, p.scale_samples)
+            calm = self.activity <= p.quiet * max(self.scale, p.min_dev)
+            own = False  # a burst longer than a vehicle's: the sensor's own noise
+            if calm:
+                self.burst_since = None
+            elif self.burst_since is None:
+                self.burst_since = t
+            elif t - self.burst_since > 1000.0 * p.burst_s:
+                own = True
+            self.activity += (min(abs(dev), band) - self.activity) / p.quiet_samples
+            near = p.isolation * max(self.scale, p.min_dev)
+            if self.returned is not None:  # the two samples after it must stay near too
+                first, ref, thr, peak, left = self.returned
+                if abs(x - ref) > near and not own:
+                    self.returned = None
+                elif left > 1:
+                    self.returned = [first, ref, thr, peak, left - 1]
+                else:
+                    self.returned, self.clean = None, 0
+                    if self.level == 0:
+                        self.level = 1
+                        out = (1, ref + thr if peak > 0 else ref - thr, peak, int(first))
             if self.candidate is not None:
                 first, ref, thr, peak, length = self.candidate
-                if abs(x - ref) <= thr / 2:
+                if abs(x - ref) <= thr / 2 and own:  # in the sensor's own noise: no wait
                     self.candidate, self.clean = None, 0
                     if self.level == 0:
                         self.level = 1
                         out = (1, ref + thr if peak > 0 else ref - thr, peak, int(first))
+                elif abs(x - ref) <= thr / 2:
+                    self.candidate = None
+                    self.returned = [first, ref, thr, peak, 2]
                 else:
                     z = (x - ref) / (thr / p.k)
                     peak = z if abs(z) > abs(peak) else peak
@@ -200,7 +228,10 @@ class Spike:
                     if length + 1 > p.max_len:
                         self.candidate, self.in_excursion = None, True
             elif warm and abs(dev) > band:
-                if not self.in_excursion:
+                if not self.in_excursion and (self.returned is not None or not own and (
+                        not calm or max(self.recent) > near)):
+                    self.in_excursion = True  # inside a burst, or loud neighbours: not isolated
+                elif not self.in_excursion:
                     self.candidate = [i, median, band, dev / (band / p.k), 1]
             else:
                 self.in_excursion = False
@@ -211,6 +242,7 @@ class Spike:
                     if self.clean >= p.clear_samples:
                         self.level, self.clean = 0, 0
                         out = (0, NAN, NAN, i)
+            self.recent.append(abs(dev))
         self.window.append(x)
         return out
 
@@ -547,3 +579,60 @@ def interleave(
         block_sensor=np.array(sensors, dtype=np.int32),
         block_start=np.array(starts, dtype=np.int64),
     )
+
+
+# --- structural kernels ---------------------------------------------------------------------
+
+
+def pick_peaks_naive(log_power: Sequence[float], lo: int, hi: int, min_prominence: float,
+                     min_separation: int, max_peaks: int) -> list[int]:
+    """Prominent local maxima by definition: a bin above its left neighbour and not below its
+    right one; prominence = its height minus the higher of the lowest points between it and the
+    nearest strictly higher bin on each side (or the edge); then the highest prominent ones,
+    each suppressing the bins closer than `min_separation`."""
+    n = len(log_power)
+    lo, hi = max(lo, 1), min(hi, n - 2)
+    prominent = []
+    for k in range(lo, hi + 1):
+        v = log_power[k]
+        if not (v > log_power[k - 1] and v >= log_power[k + 1]):
+            continue
+        left = k
+        while left - 1 >= 0 and log_power[left - 1] <= v:
+            left -= 1
+        right = k
+        while right + 1 < n and log_power[right + 1] <= v:
+            right += 1
+        base = max(min(log_power[left:k + 1]), min(log_power[k:right + 1]))
+        if v - base >= min_prominence:
+            prominent.append(k)
+    chosen: list[int] = []
+    while prominent and len(chosen) < max_peaks:
+        best = max(prominent, key=lambda k: (log_power[k], -k))
+        chosen.append(best)
+        prominent = [k for k in prominent if abs(k - best) >= min_separation]
+    return chosen
+
+
+class WindowRuleNaive:
+    """One window-rule machine by definition: graded levels on |z| (sustain = debounce) and two
+    one-sided CUSUMs with allowance limits[0] / 2, each remembering when it last left zero."""
+
+    def __init__(self, limits: Sequence[float], hysteresis: float, sustain: int) -> None:
+        self.graded = Graded(limits, hysteresis, sustain)
+        self.allowance = 0.5 * limits[0]
+        self.g = [0.0, 0.0]
+        self.start = [0, 0]
+
+    def feed(self, z: float, t0_ms: int) -> tuple[int, int] | None:
+        """(new level, old level) if the window changed the level."""
+        if not math.isfinite(z):
+            return None
+        for side, v in ((0, z), (1, -z)):
+            new = max(0.0, self.g[side] + v - self.allowance)
+            if self.g[side] == 0.0 and new > 0.0:
+                self.start[side] = t0_ms
+            self.g[side] = new
+        old = self.graded.level
+        level = self.graded.feed(abs(z))
+        return (level, old) if level != old else None

@@ -27,8 +27,12 @@ def test_rule_names_and_fault_rules_are_the_agreed_ones() -> None:
     assert EVENT_RULES | FAULT_RULES == set(RULE_NAMES) and not EVENT_RULES & FAULT_RULES
 
 
+#: Kinds beyond the contract's built-ins that come with a profile (tunnel deformation).
+EXTRA_KINDS = {"tunnel.convergence"}
+
+
 def test_every_built_in_kind_has_a_profile_with_its_unit_and_physical_range() -> None:
-    assert set(PROFILES) == set(KIND_UNITS) == set(KINDS)
+    assert set(PROFILES) == set(KINDS) == set(KIND_UNITS) | EXTRA_KINDS
     for kind, unit in KIND_UNITS.items():
         rules = default_rules(kind)
         assert KINDS[kind].unit == unit
@@ -99,4 +103,4 @@ def test_a_bad_override_raises_an_error_naming_the_key(overrides: dict, key: str
 
 def test_rule_keys_lists_what_config_may_set() -> None:
     assert RULE_KEYS == {"high", "low", "hysteresis", "debounce", "rate", "spike", "anomaly",
-                         "drift", "flatline", "range"}
+                         "drift", "flatline", "range", "spectrum", "trend", "freq_shift"}

@@ -1,4 +1,5 @@
-"""Numba kernels of the edge agent: threshold, rate, fault and anomaly rules, window features.
+"""Numba kernels of the edge agent: threshold, rate, fault and anomaly rules, window features
+(statistics and tracked modal frequencies) and the window rules `trend` and `freq_shift`.
 
 Pure computation over NumPy arrays, batched over many sensors with per-sensor state in arrays
 (see `chain.RuleChain` and `features.WindowAccumulator`). Every kernel is compiled with the
@@ -18,7 +19,12 @@ from edge_agent.kernels import _jit
 from edge_agent.kernels.chain import RuleChain, run_rules
 from edge_agent.kernels.codes import EVENT_RULES, FAULT_RULES, RULE_CODES, RULE_NAMES
 from edge_agent.kernels.events import Events
-from edge_agent.kernels.features import WindowAccumulator, WindowFeatures, accumulate_window
+from edge_agent.kernels.features import (
+    SpectrumSettings,
+    WindowAccumulator,
+    WindowFeatures,
+    accumulate_window,
+)
 from edge_agent.kernels.profiles import (
     KINDS,
     PROFILES,
@@ -33,12 +39,14 @@ from edge_agent.kernels.profiles import (
     default_rules,
     rules_from_overrides,
 )
+from edge_agent.kernels.structural import FreqShiftRule, TrendRule, WindowRules
 
 _jit.drop_stale_cache([run_rules, accumulate_window])
 
 __all__ = [
     "EVENT_RULES", "FAULT_RULES", "KINDS", "PROFILES", "RULE_CODES", "RULE_KEYS", "RULE_NAMES",
     "AnomalyRule", "DriftRule", "Events", "FlatlineRule", "RangeRule", "RateRule", "RuleChain",
-    "SensorRules", "SpikeRule", "WindowAccumulator", "WindowFeatures", "default_rules",
+    "FreqShiftRule", "SensorRules", "SpectrumSettings", "SpikeRule", "TrendRule",
+    "WindowAccumulator", "WindowFeatures", "WindowRules", "default_rules",
     "rules_from_overrides",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-LAYOUT_VERSION: Final = 2
+LAYOUT_VERSION: Final = 3
 
 #: A time that means "no sample yet" (int64 minimum).
 NO_TIME: Final = -(2**63)
@@ -33,7 +33,8 @@ IP_ANOM_DEBOUNCE: Final = 12
 IP_FLAT_SAMPLES: Final = 13
 IP_RANGE_DEBOUNCE: Final = 14
 IP_RANGE_CLEAR: Final = 15
-N_IP: Final = 16
+IP_SPIKE_QUIET_N: Final = 16  # span (samples) of the spike rule's activity average
+N_IP: Final = 17
 
 # --- float parameters -----------------------------------------------------------------------
 FP_HIGH: Final = 0  # 4 limits, ascending
@@ -66,7 +67,12 @@ FP_RANGE_HI: Final = 41
 FP_DRIFT_JUMP: Final = 42
 FP_ANOM_VAR_TAU: Final = 43
 FP_ANOM_HOLD: Final = 44
-N_FP: Final = 45
+FP_SPIKE_QUIET: Final = 45  # activity (in scales) above which no spike candidate opens
+FP_SPIKE_TRAFFIC: Final = 46  # accelerometer energy ratio that marks traffic
+FP_SPIKE_HOLD: Final = 47  # ms either side of a spike the accelerometer is looked at
+FP_SPIKE_BURST: Final = 48  # ms a burst may last and still be a vehicle's
+FP_SPIKE_ISO: Final = 49  # scales a spike's neighbours must stay within
+N_FP: Final = 50
 
 # --- int state ------------------------------------------------------------------------------
 IS_HIGH_CNT: Final = 0  # 4 debounce counters
@@ -89,7 +95,10 @@ IS_FLAT_RUN: Final = 31
 IS_RANGE_BAD: Final = 32
 IS_RANGE_GOOD: Final = 33
 IS_ANOM_RUN: Final = 34  # signed run of clipped innovations of the anomaly smoother
-N_IS: Final = 35
+IS_SPIKE_TRAFFIC: Final = 35  # spikes taken as traffic (not raised)
+IS_SPIKE_BURST_T0: Final = 36  # time the current burst began (ms), or NO_TIME when calm
+IS_SPIKE_CONFIRM: Final = 37  # samples after a spike's return still to be checked
+N_IS: Final = 38
 
 # --- float state ----------------------------------------------------------------------------
 FS_RATE_S0: Final = 0  # weighted sums of 1, u, u^2, x, u*x (u: time to last sample, s)
@@ -116,7 +125,10 @@ FS_DRIFT_NEG: Final = 20
 FS_FLAT_REF: Final = 21
 FS_DRIFT_MID: Final = 22
 FS_ANOM_HELD: Final = 23  # seconds the current alarm has held the baseline
-N_FS: Final = 24
+FS_SPIKE_ACT: Final = 24  # recent mean |deviation| (clipped at the band)
+FS_SPIKE_D1: Final = 25  # |deviation| of the previous sample
+FS_SPIKE_D2: Final = 26  # |deviation| of the one before
+N_FS: Final = 27
 
 # --- event buffer columns -------------------------------------------------------------------
 EV_SENSOR: Final = 0

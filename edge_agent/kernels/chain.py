@@ -54,7 +54,7 @@ from edge_agent.kernels.params import RuleState, pack_rules
 from edge_agent.kernels.physical_range import range_block, range_load, range_step, range_store
 from edge_agent.kernels.profiles import MAX_SPIKE_WINDOW, SensorRules
 from edge_agent.kernels.rate import rate_block, rate_load, rate_step, rate_store
-from edge_agent.kernels.spike import spike_block
+from edge_agent.kernels.spike import TrafficGate, spike_block
 from edge_agent.kernels.threshold import threshold_block, threshold_load, threshold_step
 
 #: Length of each of the two scratch rows (spike windows and their medians) of a chunk.
@@ -154,6 +154,9 @@ def run_chunk(
     levels: NDArray[np.int8],
     window: NDArray[np.float64],
     scratch: NDArray[np.float64],
+    gate_row: NDArray[np.int64],
+    gate_ratio: NDArray[np.float64],
+    gate_bin: NDArray[np.int64],
     ev_int: NDArray[np.int64],
     ev_float: NDArray[np.float64],
     n_ev: int,
@@ -181,8 +184,8 @@ def run_chunk(
             n_ev = threshold_block(values, start, stop, s, LOW, fp, ip, is_, levels, ev_int,
                                    ev_float, n_ev)
     if do_spike:
-        n_ev = spike_block(values, start, stop, s, fp, ip, fs, is_, levels, window, scratch,
-                           ev_int, ev_float, n_ev)
+        n_ev = spike_block(values, times_ms, start, stop, s, fp, ip, fs, is_, levels, window,
+                           scratch, gate_row, gate_ratio, gate_bin, ev_int, ev_float, n_ev)
     if do_rate and do_anom and do_drift:
         return _recurrences(values, times_ms, start, stop, s, fp, ip, fs, is_, levels, ev_int,
                             ev_float, n_ev)
@@ -214,6 +217,9 @@ def run_rules(
     levels: NDArray[np.int8],
     window: NDArray[np.float64],
     scratch: NDArray[np.float64],
+    gate_row: NDArray[np.int64],
+    gate_ratio: NDArray[np.float64],
+    gate_bin: NDArray[np.int64],
     ev_int: NDArray[np.int64],
     ev_float: NDArray[np.float64],
 ) -> tuple[int, int, int]:
@@ -233,7 +239,7 @@ def run_rules(
                 return n_ev, b, lo - begin
             if on:
                 n_ev = run_chunk(on, values, times_ms, lo, hi, s, fp, ip, fs, is_, levels, window,
-                                 scratch, ev_int, ev_float, n_ev)
+                                 scratch, gate_row, gate_ratio, gate_bin, ev_int, ev_float, n_ev)
             lo = hi
     return n_ev, block_sensor.shape[0], 0
 
@@ -259,6 +265,7 @@ class RuleChain:
         self._ev_int = np.zeros((capacity, L.N_EV_INT), dtype=np.int64)
         self._ev_float = np.zeros((capacity, L.N_EV_FLOAT), dtype=np.float64)
         self._scratch = np.zeros((2, SCRATCH), dtype=np.float64)
+        self._no_gate = TrafficGate.none(len(self.rules))
 
     @property
     def n_sensors(self) -> int:
@@ -271,9 +278,12 @@ class RuleChain:
         times_ms: ArrayLike,
         block_sensor: ArrayLike,
         block_start: ArrayLike,
+        gate: TrafficGate | None = None,
     ) -> Events:
-        """Run the batch through every rule; level changes in sample order."""
+        """Run the batch through every rule; level changes in sample order. `gate` (already
+        updated with this batch) tells traffic from spikes where a site has an accelerometer."""
         vals, times, sensors, starts = self._checked(values, times_ms, block_sensor, block_start)
+        gate = gate or self._no_gate
         state, params = self._state, self._params
         state.is_[:, L.IS_SPIKE_PEND_IDX] = -1  # indices of an earlier batch mean nothing here
         drained: list[tuple[NDArray[np.int64], NDArray[np.float64]]] = []
@@ -281,8 +291,8 @@ class RuleChain:
         while True:
             n_ev, block, offset = run_rules(
                 self._mask, vals, times, sensors, starts, block, offset, params.fp, params.ip,
-                state.fs, state.is_, state.levels, state.window, self._scratch, self._ev_int,
-                self._ev_float,
+                state.fs, state.is_, state.levels, state.window, self._scratch, gate.sensor_row,
+                gate.ratio, gate.bin, self._ev_int, self._ev_float,
             )
             ints, floats = self._ev_int[:n_ev], self._ev_float[:n_ev]
             if block >= len(sensors) and not drained:
@@ -315,6 +325,10 @@ class RuleChain:
         if starts[0] < 0 or starts[-1] > len(vals) or np.any(np.diff(starts) < 0):
             raise ValueError("block_start must be non-decreasing offsets within values")
         return vals, times, sensors, starts
+
+    def spikes_taken_as_traffic(self) -> int:
+        """Spikes every sensor's rule took as traffic (not raised) since the state began."""
+        return int(self._state.is_[:, L.IS_SPIKE_TRAFFIC].sum())
 
     def levels(self) -> NDArray[np.int8]:
         """Current level per (sensor, rule), int8[S, R] with columns in RULE_NAMES order."""

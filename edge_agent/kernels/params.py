@@ -71,6 +71,9 @@ def _row(r: SensorRules) -> tuple[list[float], list[int]]:
     i[L.IP_SPIKE_WINDOW], i[L.IP_SPIKE_MAX_LEN] = spike.window, spike.max_len
     i[L.IP_SPIKE_SCALE_N], i[L.IP_SPIKE_CLEAR] = spike.scale_samples, spike.clear_samples
     f[L.FP_SPIKE_K], f[L.FP_SPIKE_MIN_DEV] = spike.k, spike.min_dev
+    f[L.FP_SPIKE_QUIET], i[L.IP_SPIKE_QUIET_N] = spike.quiet, spike.quiet_samples
+    f[L.FP_SPIKE_TRAFFIC], f[L.FP_SPIKE_HOLD] = spike.traffic_ratio, 1000.0 * spike.traffic_hold_s
+    f[L.FP_SPIKE_BURST], f[L.FP_SPIKE_ISO] = 1000.0 * spike.burst_s, spike.isolation
     an = r.anomaly
     f[L.FP_ANOM_Z:L.FP_ANOM_Z + 4] = _limits(an.z)
     i[L.IP_ANOM_N], i[L.IP_ANOM_DEBOUNCE] = len(an.z), an.debounce
@@ -116,7 +119,7 @@ class RuleState:
         fs = np.zeros((n_sensors, L.N_FS), dtype=np.float64)
         fs[:, L.FS_FLAT_REF] = math.nan
         is_ = np.zeros((n_sensors, L.N_IS), dtype=np.int64)
-        is_[:, [L.IS_RATE_T, L.IS_ANOM_T, L.IS_DRIFT_T]] = L.NO_TIME
+        is_[:, [L.IS_RATE_T, L.IS_ANOM_T, L.IS_DRIFT_T, L.IS_SPIKE_BURST_T0]] = L.NO_TIME
         is_[:, L.IS_SPIKE_PEND_IDX] = -1
         return RuleState(
             fs=fs,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from edge_agent.kernels.codes import MAX_LIMITS
+from edge_agent.kernels.features import SpectrumSettings
+from edge_agent.kernels.structural import FreqShiftRule, TrendRule
 
 Limits = tuple[float, ...]
 
@@ -77,8 +79,27 @@ class SpikeRule:
     min_dev: float = 1e-9
     scale_samples: int = 200
     clear_samples: int = 600
+    #: No candidate opens while the recent mean deviation exceeds `quiet` scales (a burst).
+    quiet: float = 3.0
+    quiet_samples: int = 16
+    #: ...unless the burst has lasted longer than a vehicle takes to cross (then: the sensor).
+    burst_s: float = 20.0
+    #: A spike's two neighbours on each side must stay within this many scales of the median.
+    isolation: float = 5.0
+    #: A spike while the site's accelerometer runs this many times its quiet energy is traffic.
+    traffic_ratio: float = 2.5
+    traffic_hold_s: float = 3.0
 
     def __post_init__(self) -> None:
+        _check(self.quiet > 0, f"spike.quiet must be > 0, got {self.quiet}")
+        _check(self.burst_s > 0, f"spike.burst_s must be > 0, got {self.burst_s}")
+        _check(self.isolation > 0, f"spike.isolation must be > 0, got {self.isolation}")
+        _check(self.quiet_samples >= 1,
+               f"spike.quiet_samples must be >= 1, got {self.quiet_samples}")
+        _check(self.traffic_ratio > 1, f"spike.traffic_ratio must be > 1, got "
+               f"{self.traffic_ratio}")
+        _check(0 <= self.traffic_hold_s <= 60,
+               f"spike.traffic_hold_s must be in 0..60, got {self.traffic_hold_s}")
         _check(
             self.window in (3, 5, 7, 9),
             f"spike.window must be 3, 5, 7 or 9, got {self.window}",
@@ -200,6 +221,10 @@ class SensorRules:
     drift: DriftRule = field(default_factory=DriftRule)
     flatline: FlatlineRule = field(default_factory=FlatlineRule)
     range: RangeRule = field(default_factory=RangeRule)
+    #: Window features and rules on the summary stream (edge_agent/kernels/structural.py).
+    spectrum: SpectrumSettings = field(default_factory=SpectrumSettings)
+    trend: TrendRule = field(default_factory=TrendRule)
+    freq_shift: FreqShiftRule = field(default_factory=FreqShiftRule)
 
     def __post_init__(self) -> None:
         _check_limits("high", self.high, ascending=True)
@@ -231,6 +256,8 @@ KINDS: Final[dict[str, KindInfo]] = {
     "tunnel.vi": KindInfo("1/m", -0.001, 1.0),
     "tunnel.temp": KindInfo("degC", -50.0, 1200.0),
     "tunnel.water": KindInfo("cm", -10.0, 500.0),
+    # not a contract built-in: tunnel lining convergence (change of a chord length)
+    "tunnel.convergence": KindInfo("mm", -500.0, 500.0),
 }
 
 
@@ -248,6 +275,7 @@ def _profile(
     spike_max_len: int = 2,
     spike_k: float = SpikeRule.k,
     anomaly_z: Limits = AnomalyRule.z,
+    window_rules: frozenset[str] = frozenset(),
 ) -> SensorRules:
     """Build a kind's profile; `resolution` (the smallest meaningful change, in the kind's unit)
     floors the spike scale, the anomaly and drift sigmas so constant input stays quiet."""
@@ -265,6 +293,9 @@ def _profile(
         drift=DriftRule(enabled="drift" in rules, min_std=2 * resolution),
         flatline=FlatlineRule(enabled="flatline" in rules, rest=rest),
         range=RangeRule(enabled=True, lo=info.lo, hi=info.hi),
+        spectrum=SpectrumSettings(enabled="spectrum" in window_rules),
+        trend=TrendRule(enabled="trend" in window_rules, min_std=resolution),
+        freq_shift=FreqShiftRule(enabled="freq_shift" in window_rules),
     )
 
 
@@ -272,6 +303,8 @@ _FAULTS = frozenset({"spike", "flatline", "range"})
 _VEHICLE_Z: Final = (10.0, 15.0, 22.0, 33.0)
 _VEHICLE_SPIKE_K: Final = 15.0
 _SLOW = frozenset({"anomaly", "drift"})
+#: Settlement, creep, convergence and tilt trends show in window statistics (`trend`).
+_DEFORMATION = frozenset({"trend"})
 
 PROFILES: Final[dict[str, SensorRules]] = {
     "pipe.pressure": _profile(
@@ -301,16 +334,21 @@ PROFILES: Final[dict[str, SensorRules]] = {
         high=(20.0, 30.0, 50.0, 80.0), hysteresis=2.0, rest=0.0,
     ),
     "bridge.accel": _profile(
-        "bridge.accel", resolution=1e-4, rules=frozenset({"flatline", "range"})
+        "bridge.accel", resolution=1e-4, rules=frozenset({"flatline", "range"}),
+        window_rules=frozenset({"spectrum", "freq_shift"}),
     ),
     # every passing vehicle shows in strain and deflection: against the quiet of the night a
     # heavy one is many noise scales within a spike window and its deviations have heavy
     # tails, so the spike band and the anomaly limits are wider
     "bridge.strain": _profile("bridge.strain", resolution=1.0, rules=_FAULTS | _SLOW,
-                              spike_k=_VEHICLE_SPIKE_K, anomaly_z=_VEHICLE_Z),
+                              spike_k=_VEHICLE_SPIKE_K, anomaly_z=_VEHICLE_Z,
+                              window_rules=_DEFORMATION),
     "bridge.disp": _profile("bridge.disp", resolution=0.05, rules=_FAULTS | _SLOW,
-                            spike_k=_VEHICLE_SPIKE_K, anomaly_z=_VEHICLE_Z),
-    "bridge.tilt": _profile("bridge.tilt", resolution=0.002, rules=_FAULTS | _SLOW),
+                            spike_k=_VEHICLE_SPIKE_K, anomaly_z=_VEHICLE_Z,
+                            window_rules=_DEFORMATION),
+    # a pier's or deck's tilt shakes with every heavy vehicle too
+    "bridge.tilt": _profile("bridge.tilt", resolution=0.002, rules=_FAULTS | _SLOW,
+                            spike_k=_VEHICLE_SPIKE_K, window_rules=_DEFORMATION),
     "tunnel.co": _profile(
         "tunnel.co", resolution=1.0, rules=_FAULTS | _SLOW | {"rate"},
         high=(100.0, 150.0, 200.0, 250.0), hysteresis=5.0,
@@ -335,6 +373,9 @@ PROFILES: Final[dict[str, SensorRules]] = {
                       hysteresis=0.5, debounce=5),
         rest=0.0,
     ),
+    "tunnel.convergence": _profile("tunnel.convergence", resolution=0.05,
+                                   rules=frozenset({"spike", "flatline", "range"}),
+                                   window_rules=_DEFORMATION),
 }
 
 #: Keys `rules_from_overrides` accepts at the top level (the rule sections take a table each).
@@ -344,6 +385,7 @@ RULE_KEYS: Final[frozenset[str]] = frozenset(
 _SECTIONS: Final[dict[str, type]] = {
     "rate": RateRule, "spike": SpikeRule, "anomaly": AnomalyRule,
     "drift": DriftRule, "flatline": FlatlineRule, "range": RangeRule,
+    "spectrum": SpectrumSettings, "trend": TrendRule, "freq_shift": FreqShiftRule,
 }
 
 
@@ -366,6 +408,10 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ValueError(f"{key}: expected a number, got {value!r}")
+    if annotation == "str":
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{key}: expected a string, got {value!r}")
     if annotation == "Limits":
         if isinstance(value, (list, tuple)) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value

@@ -19,7 +19,7 @@ from simulators.signals.base import (
     SignalModel,
     SimSensor,
 )
-from simulators.signals.bridges import Damage, Overload, Settlement
+from simulators.signals.bridges import Damage, Overload, Settlement, Structure
 from simulators.signals.faults import (
     Drift,
     Dropout,
@@ -32,7 +32,7 @@ from simulators.signals.faults import (
 )
 from simulators.signals.flood import Rain
 from simulators.signals.pipes import Burst, GasLeak, Hammer, Leak
-from simulators.signals.tunnels import Fire, Ingress
+from simulators.signals.tunnels import Convergence, Fire, Ingress
 
 ModelFactory = Callable[[SimSensor, int, int, Sequence[EventSpec]], SignalModel]
 
@@ -47,16 +47,19 @@ FACTORIES: Final[dict[str, ModelFactory]] = {
     "bridge.strain": bridges.make_strain,
     "bridge.disp": bridges.make_disp,
     "bridge.tilt": bridges.make_tilt,
+    "bridge.temp": bridges.make_temp,
     "tunnel.co": tunnels.make_co,
     "tunnel.vi": tunnels.make_vi,
     "tunnel.temp": tunnels.make_temp,
     "tunnel.water": tunnels.make_water,
+    "tunnel.convergence": tunnels.make_convergence,
 }
 
 #: Event spec types by scenario name.
 EVENT_SPECS: Final[dict[str, type]] = {
     spec.name: spec
-    for spec in (Burst, Leak, Hammer, GasLeak, Rain, Damage, Overload, Settlement, Fire, Ingress)
+    for spec in (Burst, Leak, Hammer, GasLeak, Rain, Damage, Overload, Settlement, Structure, Fire,
+                 Ingress, Convergence)
 }
 
 #: Fault spec types by scenario name ("spike" is accepted beside "spikes").

@@ -33,10 +33,12 @@ KIND_RANGE: Final[dict[str, tuple[float, float]]] = {
     "bridge.strain": (-3000.0, 3000.0),
     "bridge.disp": (-500.0, 500.0),
     "bridge.tilt": (-10.0, 10.0),
+    "bridge.temp": (-40.0, 80.0),
     "tunnel.co": (0.0, 1000.0),
     "tunnel.vi": (0.0, 0.5),
     "tunnel.temp": (-40.0, 1200.0),
     "tunnel.water": (0.0, 200.0),
+    "tunnel.convergence": (-200.0, 200.0),
 }
 
 #: Label end of an event that persists to the end of any simulation (e.g. structural damage).

@@ -1,14 +1,23 @@
-"""Bridge signals: modal vibration, strain and deflection under passing vehicles, and tilt.
+"""Bridge signals: modal vibration, strain and deflection under passing vehicles, tilt, and
+the deck's temperature.
 
-Natural frequencies follow the daily temperature cycle (stiffness falls as it warms) and drop by
-a given percentage from a damage time on; vehicles arrive at random in fixed time slots, so each
-passing load is a pure function of its slot number.
+Natural frequencies follow the daily temperature cycle (stiffness falls as it warms: -0.2 % per
+degC) and drop by a given percentage from a damage time on; vehicles arrive at random in fixed
+time slots, so each passing load is a pure function of its slot number. The climate (the daily
+temperature swing), the vehicles and the first natural frequency belong to the site: every
+sensor of a site sees the same ones, so an accelerometer's traffic bursts coincide with the
+strain's and the tilt's, and a `bridge.temp` sensor reads the temperature that moves the
+frequencies. Each vehicle also shakes the deck at its first mode for the ~3 s it takes to cross:
+a burst in the acceleration and, smaller, in the tilt. A `structure` spec sets the first
+frequency (e.g. a short test span at 10.8 Hz); `settlement` moves strain, deflection and tilt
+as a step (short `duration_s`) or a slow ramp.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
@@ -17,6 +26,7 @@ import numpy as np
 
 from simulators.signals.base import (
     DAY_S,
+    NoiseSource,
     TRAFFIC,
     WARMEST_HOUR,
     EventSpec,
@@ -48,6 +58,25 @@ _LANES: Final = 2
 _WEIGHT_SIGMA: Final = 0.5  # log-normal spread of vehicle loads
 _WEIGHT_CAP: Final = 4.0  # heaviest legal vehicle, in median vehicles
 _KINDS_RESPONDING: Final = frozenset({"bridge.accel", "bridge.strain", "bridge.disp"})
+_TILT_VIBRATION_DEG: Final = 0.006  # tilt shaken by a median vehicle, at the first mode
+_BURST_GAIN: Final = 1.5  # acceleration excitation added by a median vehicle on the span
+_MEAN_TEMP_C: Final = 15.0
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The span itself: its first natural frequency (drawn in 1.5-4 Hz when not given)."""
+
+    name: ClassVar[str] = "structure"
+    kinds: ClassVar[frozenset[str]] = frozenset(
+        {"bridge.accel", "bridge.strain", "bridge.disp", "bridge.tilt", "bridge.temp"})
+    at_s: float = 0.0
+    first_hz: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_window(self.name, self.at_s)
+        if not self.first_hz >= 0.0:
+            raise ValueError(f"structure: first_hz must be >= 0, got {self.first_hz}")
 
 
 @dataclass(frozen=True)
@@ -92,20 +121,32 @@ class Overload:
 
 @dataclass(frozen=True)
 class Settlement:
-    """A pier settles: tilt moves by tilt_deg over duration_s and stays."""
+    """A pier or support settles: tilt, strain and deflection move by tilt_deg, strain_ue and
+    disp_mm over duration_s (a step when short, a ramp when long) and stay."""
 
     name: ClassVar[str] = "settlement"
-    kinds: ClassVar[frozenset[str]] = frozenset({"bridge.tilt"})
+    kinds: ClassVar[frozenset[str]] = frozenset({"bridge.tilt", "bridge.strain", "bridge.disp"})
     at_s: float
     tilt_deg: float = 0.1
     duration_s: float = 3600.0
+    strain_ue: float = 60.0
+    disp_mm: float = 3.0
 
     def __post_init__(self) -> None:
         check_window(self.name, self.at_s, self.duration_s)
 
+    def size(self, kind: str) -> float:
+        """How far the settlement moves a kind's reading."""
+        return {"bridge.tilt": self.tilt_deg, "bridge.strain": self.strain_ue,
+                "bridge.disp": self.disp_mm}[kind]
+
+    def shift(self, kind: str, t_s: FloatArray) -> FloatArray:
+        """The kind's reading added by the settlement at the given times."""
+        return self.size(kind) * np.clip((t_s - self.at_s) / self.duration_s, 0.0, 1.0)
+
     def tilt(self, t_s: FloatArray) -> FloatArray:
         """Tilt added by the settlement at the given times."""
-        return self.tilt_deg * np.clip((t_s - self.at_s) / self.duration_s, 0.0, 1.0)
+        return self.shift("bridge.tilt", t_s)
 
 
 @numba.njit(cache=True)
@@ -150,13 +191,36 @@ class _BridgeModel(SignalBase):
     ) -> None:
         super().__init__(sensor, t0_ms, seed)
         reject_unsupported(sensor.kind, events)
-        site = self.noise.parameters("site")
-        self.temp_swing_c = float(site.uniform(4.0, 7.0))
-        self.site = site
+        place = NoiseSource(seed, f"site:{sensor.site}")  # what every sensor of the site shares
+        climate = place.parameters("climate")
+        self.temp_swing_c = float(climate.uniform(4.0, 7.0))
+        structures = only(events, Structure)
+        drawn = float(climate.uniform(1.5, 4.0))
+        self.first_hz = structures[-1].first_hz if structures and structures[-1].first_hz \
+            else drawn
+        self.site = self.noise.parameters("site")
         self.damages = sorted(only(events, Damage), key=lambda d: d.at_s)
-        self._lane_keys = [np.uint64(self.noise.stream(f"lane{k}").key) for k in range(_LANES)]
+        self._lane_keys = [np.uint64(place.stream(f"lane{k}").key) for k in range(_LANES)]
+        # a frequency drop shows in the accelerometer's modes; the strain and deflection of a
+        # few percent softer span change less than their traffic does
+        rules = ("freq_shift",) if sensor.kind == "bridge.accel" else ()
         for d in self.damages:
-            self.events.append(self.label("damage", d.at_s, None, abrupt=True, rules=("anomaly",)))
+            self.events.append(self.label("damage", d.at_s, None, abrupt=True, rules=rules))
+
+    def temperature_c(self, tod_s: FloatArray) -> FloatArray:
+        """The deck's temperature: the site's daily swing about 15 degC."""
+        return _MEAN_TEMP_C + self.temp_swing_c * daily_cosine(tod_s, WARMEST_HOUR)
+
+    def label_settlements(self, settlements: Sequence[Settlement], rules: Rules,
+                          swing: float) -> None:
+        """Labels of the settlements this sensor sees (`swing`: its healthy daily swing)."""
+        for s in settlements:
+            size = s.size(self.sensor.kind)
+            self.events.append(self.label(
+                "settlement", s.at_s, None, abrupt=s.duration_s <= 600.0,
+                rules=("trend", *expected(("high", rules.crosses_high(size + swing)),
+                                          ("low", rules.crosses_low(size - swing)))),
+            ))
 
     def stiffness_ratio(self, t_s: FloatArray) -> FloatArray:
         """Stiffness relative to the undamaged bridge (frequency ratio squared)."""
@@ -182,7 +246,7 @@ class BridgeAccel(_BridgeModel):
         self, sensor: SimSensor, t0_ms: int, seed: int, events: Sequence[EventSpec] = ()
     ) -> None:
         super().__init__(sensor, t0_ms, seed, events)
-        first = float(self.site.uniform(1.5, 4.0))
+        first = self.first_hz
         nyquist = sensor.rate_hz / 2.0
         self.freqs_hz = tuple(first * r for r in _MODE_RATIOS if first * r < 0.8 * nyquist)
         gain = float(self.site.uniform(0.7, 1.3))
@@ -215,18 +279,18 @@ class BridgeAccel(_BridgeModel):
         return t_s + swing * (np.sin(omega * (tod0 + t_s) - theta) - math.sin(omega * tod0 - theta))
 
     def rules(self) -> Rules:
-        """Acceleration levels both ways: 0.5, 1, 2, 3 m/s2."""
+        """Acceleration levels both ways: 1, 2, 3, 5 m/s2 (heavy vehicles shake the deck)."""
         return Rules(
             self.sensor.kind,
-            high=(0.5, 1.0, 2.0, 3.0),
-            low=(-0.5, -1.0, -2.0, -3.0),
+            high=(1.0, 2.0, 3.0, 5.0),
+            low=(-1.0, -2.0, -3.0, -5.0),
             hysteresis=0.05,
             debounce=3,
         )
 
     def _values(self, start_index: int, times: SampleTimes) -> FloatArray:
         t = times.t_s
-        excitation = 0.3 + at_time_of_day(TRAFFIC, times.tod_s)
+        excitation = 0.3 + at_time_of_day(TRAFFIC, times.tod_s) + _BURST_GAIN * self.vehicle_load(t)
         cycles = self.cycles(t)
         a = 0.002 * self._white.white(start_index, t.size)
         for f, amp, phase, (cos_part, sin_part) in zip(
@@ -290,8 +354,10 @@ class BridgeLoad(_BridgeModel):
         self.thermal = float(self.site.uniform(*response.thermal))
         self.per_vehicle = float(self.site.uniform(*response.per_vehicle))
         self.overloads = only(events, Overload)
+        self.settlements = only(events, Settlement)
         self._white = self.noise.stream("white")
         rules = self.rules()
+        self.label_settlements(self.settlements, rules, self.thermal)
         for o in self.overloads:
             mid = np.array([o.at_s + o.pass_s / 2.0])
             peak = self._thermal(mid + self.clock.tod0_s) + o.factor * self.per_vehicle / (
@@ -324,6 +390,8 @@ class BridgeLoad(_BridgeModel):
             load /= self.stiffness_ratio(t)
         v = self._thermal(times.tod_s) + self.per_vehicle * load
         v += self.response.noise * self._white.white(start_index, t.size)
+        for s in self.settlements:
+            add_during(v, t, s.at_s, np.inf, partial(s.shift, self.sensor.kind))
         return self.clip_to_range(v)
 
 
@@ -338,27 +406,15 @@ class BridgeTilt(_BridgeModel):
         self.settlements = only(events, Settlement)
         self._white = self.noise.stream("white")
         self._wander = self.noise.stream("wander")
-        rules = self.rules()
-        for s in self.settlements:
-            self.events.append(
-                self.label(
-                    "settlement",
-                    s.at_s,
-                    None,
-                    abrupt=False,
-                    rules=expected(
-                        ("high", rules.crosses_high(s.tilt_deg + self.thermal)),
-                        ("low", rules.crosses_low(s.tilt_deg - self.thermal)),
-                    ),
-                )
-            )
+        self.label_settlements(self.settlements, self.rules(), self.thermal)
 
     def rules(self) -> Rules:
-        """Tilt limits both ways: 0.02, 0.05, 0.1, 0.2 deg."""
+        """Tilt limits both ways: 0.05, 0.1, 0.2, 0.4 deg (passing vehicles shake a pier by a
+        few hundredths of a degree)."""
         return Rules(
             self.sensor.kind,
-            high=(0.02, 0.05, 0.1, 0.2),
-            low=(-0.02, -0.05, -0.1, -0.2),
+            high=(0.05, 0.1, 0.2, 0.4),
+            low=(-0.05, -0.1, -0.2, -0.4),
             hysteresis=0.002,
             debounce=3,
         )
@@ -368,8 +424,29 @@ class BridgeTilt(_BridgeModel):
         v = self.thermal * daily_cosine(times.tod_s, WARMEST_HOUR)
         v += 0.0005 * self._wander.smooth(t, 3600.0)
         v += 0.0003 * self._white.white(start_index, t.size)
+        # passing vehicles shake the pier at the span's first mode (aliased when sampled slowly)
+        phase = 2 * math.pi * self.first_hz * t
+        v += _TILT_VIBRATION_DEG * self.vehicle_load(t) * np.sin(phase)
         for s in self.settlements:
             add_during(v, t, s.at_s, np.inf, s.tilt)
+        return self.clip_to_range(v)
+
+
+class BridgeTemp(_BridgeModel):
+    """Deck temperature (degC): the site's daily swing, which moves its natural frequencies."""
+
+    def __init__(
+        self, sensor: SimSensor, t0_ms: int, seed: int, events: Sequence[EventSpec] = ()
+    ) -> None:
+        super().__init__(sensor, t0_ms, seed, events)
+        self._white = self.noise.stream("white")
+
+    def rules(self) -> Rules:
+        """No limits: a reference for the bridge's frequency rule."""
+        return Rules(self.sensor.kind, (), (), 0.0, debounce=3)
+
+    def _values(self, start_index: int, times: SampleTimes) -> FloatArray:
+        v = self.temperature_c(times.tod_s) + 0.05 * self._white.white(start_index, times.t_s.size)
         return self.clip_to_range(v)
 
 
@@ -392,6 +469,13 @@ def make_disp(
 ) -> BridgeLoad:
     """A bridge.disp (deflection) model with overloads and damage."""
     return BridgeLoad(sensor, t0_ms, seed, events, DEFLECTION)
+
+
+def make_temp(
+    sensor: SimSensor, t0_ms: int, seed: int, events: Sequence[EventSpec] = ()
+) -> BridgeTemp:
+    """A bridge.temp (deck temperature) model."""
+    return BridgeTemp(sensor, t0_ms, seed, events)
 
 
 def make_tilt(

@@ -41,6 +41,8 @@ FAULT_SIZE: Final[dict[str, float]] = {
     "tunnel.vi": 0.05,
     "tunnel.temp": 60.0,
     "tunnel.water": 20.0,
+    "bridge.temp": 20.0,
+    "tunnel.convergence": 20.0,
 }
 
 

@@ -1,7 +1,11 @@
-"""Road tunnel signals: CO and visibility following traffic, air temperature, and water on the road.
+"""Road tunnel signals: CO and visibility following traffic, air temperature, water on the road,
+and the convergence of the lining.
 
 A fire raises temperature fast and brings CO and smoke (a higher extinction coefficient); water
-ingress fills the carriageway at a steady rate until pumped out.
+ingress fills the carriageway at a steady rate until pumped out. Convergence (`tunnel.convergence`,
+mm: the change of a chord across the lining, negative when it closes) follows the lining's
+temperature by a fraction of a millimetre a day; a `convergence` event closes it at a steady
+rate (squeezing ground, a nearby excavation) by `total_mm` over `duration_s` and it stays.
 """
 
 from __future__ import annotations
@@ -124,6 +128,25 @@ class Ingress:
         falling = self.top_cm - self.recede_cm_min * (t_s - self.at_s - self.duration_s) / 60.0
         depth = np.where(t_s < self.at_s + self.duration_s, rising, falling)
         return np.where(t_s >= self.at_s, np.maximum(depth, 0.0), 0.0)
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """The lining closes by total_mm over duration_s (a ramp; short: a step) and stays."""
+
+    name: ClassVar[str] = "convergence"
+    kinds: ClassVar[frozenset[str]] = frozenset({"tunnel.convergence"})
+    at_s: float
+    total_mm: float = 3.0
+    duration_s: float = 86400.0
+
+    def __post_init__(self) -> None:
+        check_window(self.name, self.at_s, self.duration_s)
+        check_positive(self.name, total_mm=abs(self.total_mm))
+
+    def closing(self, t_s: FloatArray) -> FloatArray:
+        """Chord change (mm, negative: closing) at the given times."""
+        return -self.total_mm * np.clip((t_s - self.at_s) / self.duration_s, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -270,6 +293,39 @@ class TunnelWater(_TunnelModel):
         for w in self.ingresses:
             add_during(v, t, w.at_s, w.end_s, w.depth_cm)
         return self.clip_to_range(v)
+
+
+class TunnelConvergence(_TunnelModel):
+    """Lining convergence (mm): a small daily thermal breathing, gauge noise, and closing."""
+
+    def __init__(
+        self, sensor: SimSensor, t0_ms: int, seed: int, events: Sequence[EventSpec] = ()
+    ) -> None:
+        super().__init__(sensor, t0_ms, seed, events)
+        self.thermal_mm = float(self.noise.parameters("site").uniform(0.1, 0.3))
+        self.closings = only(events, Convergence)
+        for c in self.closings:
+            self.events.append(self.label("convergence", c.at_s, None,
+                                          abrupt=c.duration_s <= 600.0, rules=("trend",)))
+
+    def rules(self) -> Rules:
+        """No fixed limits: design values are the tunnel's; the `trend` rule watches it."""
+        return Rules(self.sensor.kind, (), (), 0.0, 3)
+
+    def _values(self, start_index: int, times: SampleTimes) -> FloatArray:
+        t = times.t_s
+        v = self.thermal_mm * daily_cosine(times.tod_s, WARMEST_HOUR)
+        v += 0.02 * self._wander.smooth(t, 3600.0) + 0.03 * self._white.white(start_index, t.size)
+        for c in self.closings:
+            add_during(v, t, c.at_s, np.inf, c.closing)
+        return self.clip_to_range(v)
+
+
+def make_convergence(
+    sensor: SimSensor, t0_ms: int, seed: int, events: Sequence[EventSpec] = ()
+) -> TunnelConvergence:
+    """A tunnel.convergence model with closing events."""
+    return TunnelConvergence(sensor, t0_ms, seed, events)
 
 
 def make_co(
