@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pymodbus import FramerType
+from pymodbus.client import ModbusSerialClient
+from pymodbus.exceptions import ModbusException
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -29,8 +31,10 @@ from tests.agent_harness import (
 )
 
 LIVE, BAD_ADDRESS, SILENT = 3, 5, 9
-PERIOD_S = 0.05
-TIMEOUT_S = 0.1
+PERIOD_S = 0.2
+#: The agent's default reply timeout: long enough for the test's own RTU server (Python threads
+#: behind a pty) to answer on a loaded machine, where a late reply would count as a failure.
+TIMEOUT_S = 0.5
 
 
 class TransmittersWithSilentUnits(ModbusTransmitters):
@@ -69,6 +73,24 @@ class TransmittersWithSilentUnits(ModbusTransmitters):
             pass
 
 
+def wait_answering(device: str, unit: int, timeout_s: float = 30.0) -> None:
+    """Block until the test's RTU server answers `unit` on `device`: on a loaded machine its
+    threads can take seconds to come up, and a unit that misses its first polls is backed off."""
+    client = ModbusSerialClient(device, framer=FramerType.RTU, baudrate=115200, timeout=1.0, retries=0)
+    deadline = time.monotonic() + timeout_s
+    try:
+        assert client.connect(), f"cannot open {device}"
+        while True:
+            try:
+                if not client.read_holding_registers(100, count=1, device_id=unit).isError():
+                    return
+            except ModbusException:
+                pass  # not up yet: each attempt waits out the 1 s timeout, no busy loop
+            assert time.monotonic() < deadline, f"the RTU server never answered unit {unit}"
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def rs485() -> Iterator[tuple[PtyBridge, TransmittersWithSilentUnits]]:
     """Units LIVE and BAD_ADDRESS serve one register at 100; unit SILENT never answers."""
@@ -76,6 +98,7 @@ def rs485() -> Iterator[tuple[PtyBridge, TransmittersWithSilentUnits]]:
     server = TransmittersWithSilentUnits(bridge.devices[0], {LIVE: [123], BAD_ADDRESS: [7], SILENT: [1]},
                                          silent={SILENT})
     try:
+        wait_answering(bridge.devices[1], LIVE)
         yield bridge, server
     finally:
         server.close()
