@@ -9,7 +9,8 @@ shared config, MQTT helpers) is in `lifeline`.
 
 Public names, for the CLI and for simulators that drive agents (imported on first use, so
 `import edge_agent` stays cheap): `AgentConfig` and `load_agent_config` (the agent's
-configuration), `run_agent` (run until SIGTERM), `precompile` (compile the kernels into the
+configuration), `config_warnings` (what in a valid config is probably a mistake, such as an
+unknown kind), `run_agent` (run until SIGTERM), `precompile` (compile the kernels into the
 on-disk cache), `FAULT_RULES` (the kernels' rules that mean a broken sensor rather than an
 event; the agent adds `gap` itself).
 """
@@ -20,7 +21,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edge_agent.config import AgentConfig, load_agent_config
+    from edge_agent.config import AgentConfig, config_warnings, load_agent_config
     from edge_agent.kernels.codes import FAULT_RULES
     from edge_agent.runtime import precompile, run_agent
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 _PUBLIC: dict[str, str] = {
     "AgentConfig": "edge_agent.config",
     "load_agent_config": "edge_agent.config",
+    "config_warnings": "edge_agent.config",
     "FAULT_RULES": "edge_agent.kernels.codes",
     "precompile": "edge_agent.runtime",
     "run_agent": "edge_agent.runtime",
@@ -44,4 +46,4 @@ def __getattr__(name: str) -> object:
     return value
 
 
-__all__ = ["FAULT_RULES", "AgentConfig", "load_agent_config", "precompile", "run_agent"]
+__all__ = ["FAULT_RULES", "AgentConfig", "config_warnings", "load_agent_config", "precompile", "run_agent"]

@@ -88,15 +88,21 @@ def cli(log_level: str) -> None:
               help="Compile the detection kernels into the on-disk cache and exit (run once after install).")
 def agent(config_path: Path, check: bool, precompile: bool) -> None:
     """Run the edge agent: read sensors, detect events, forward alerts and summaries."""
-    from edge_agent import load_agent_config
+    from edge_agent import config_warnings, load_agent_config
 
     try:
         config = load_agent_config(config_path)
     except LifelineError as exc:
         fail(exc)
+    warnings = [f"{config_path}: {w}" for w in config_warnings(config)]
     if check:
-        click.echo(f"{config_path}: OK: agent {config.agent.id!r}, {len(config.sensor)} sensor(s)")
+        for line in warnings:
+            click.echo(f"lifeline: warning: {line}", err=True)
+        click.echo(f"{config_path}: OK: agent {config.agent.id!r}, {len(config.sensor)} sensor(s)"
+                   + (f", {len(warnings)} warning(s)" if warnings else ""))
         return
+    for line in warnings:
+        logging.getLogger("lifeline.config").warning("%s", line)
     from edge_agent import run_agent
 
     try:
