@@ -11,7 +11,8 @@ Public names, for the CLI and for simulators that drive agents (imported on firs
 `import edge_agent` stays cheap): `AgentConfig` and `load_agent_config` (the agent's
 configuration), `config_warnings` (what in a valid config is probably a mistake, such as an
 unknown kind), `run_agent` (run until SIGTERM), `precompile` (compile the kernels into the
-on-disk cache), `FAULT_RULES` (the kernels' rules that mean a broken sensor rather than an
+on-disk cache, with progress lines; `precompile_kernels(on_stage)` for a caller's own progress,
+returning what it cost and whether the cache was cold), `FAULT_RULES` (the kernels' rules that mean a broken sensor rather than an
 event; the agent adds `gap` itself).
 """
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig, config_warnings, load_agent_config
     from edge_agent.kernels.codes import FAULT_RULES
+    from edge_agent.kernel_cache import precompile as precompile_kernels
     from edge_agent.runtime import precompile, run_agent
 
 #: Public name -> module that defines it.
@@ -32,8 +34,12 @@ _PUBLIC: dict[str, str] = {
     "config_warnings": "edge_agent.config",
     "FAULT_RULES": "edge_agent.kernels.codes",
     "precompile": "edge_agent.runtime",
+    "precompile_kernels": "edge_agent.kernel_cache",
     "run_agent": "edge_agent.runtime",
 }
+
+#: Public names that differ from the name in their module.
+_ATTR: dict[str, str] = {"precompile_kernels": "precompile"}
 
 
 def __getattr__(name: str) -> object:
@@ -41,9 +47,10 @@ def __getattr__(name: str) -> object:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), _ATTR.get(name, name))
     globals()[name] = value
     return value
 
 
-__all__ = ["FAULT_RULES", "AgentConfig", "config_warnings", "load_agent_config", "precompile", "run_agent"]
+__all__ = ["FAULT_RULES", "AgentConfig", "config_warnings", "load_agent_config", "precompile",
+           "precompile_kernels", "run_agent"]

@@ -18,6 +18,7 @@ import click
 
 from lifeline import __version__
 from lifeline.errors import LifelineError
+from lifeline.jitcache import kernel_cache_dir
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -48,21 +49,30 @@ _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported (the benchmarks exist only in a source checkout)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is not there
+        return False
+
+
 class _LazyGroup(click.Group):
     """Loads command groups of other packages only when they are asked for, so `lifeline agent`
     starts without importing the simulators or benchmarks."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        lazy = [name for name, (module, _) in _LAZY_COMMANDS.items()
-                if importlib.util.find_spec(module) is not None]
+        lazy = [name for name, (module, _) in _LAZY_COMMANDS.items() if _installed(module)]
         return sorted([*super().list_commands(ctx), *lazy])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in _LAZY_COMMANDS:
             module, attr = _LAZY_COMMANDS[cmd_name]
-            if importlib.util.find_spec(module) is not None:
-                command: click.Command = getattr(importlib.import_module(module), attr)
-                return command
+            if not _installed(module):
+                fail(f"`lifeline {cmd_name}` needs {module.split('.')[0]}/, which is in the source "
+                     "tree only (not in the wheel): run it from a clone set up with deploy/install.sh")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
         return super().get_command(ctx, cmd_name)
 
 
@@ -85,7 +95,7 @@ def cli(log_level: str) -> None:
 @config_option
 @click.option("--check", is_flag=True, help="Validate the configuration and exit.")
 @click.option("--precompile", is_flag=True,
-              help="Compile the detection kernels into the on-disk cache and exit (run once after install).")
+              help="Compile the detection kernels into the on-disk cache and exit (as `lifeline precompile`).")
 def agent(config_path: Path, check: bool, precompile: bool) -> None:
     """Run the edge agent: read sensors, detect events, forward alerts and summaries."""
     from edge_agent import config_warnings, load_agent_config
@@ -109,6 +119,22 @@ def agent(config_path: Path, check: bool, precompile: bool) -> None:
         sys.exit(run_agent(config, precompile_only=precompile))
     except LifelineError as exc:
         fail(exc)
+
+
+@cli.command()
+def precompile() -> None:
+    """Compile every detection kernel into the on-disk cache, so agents start without compiling.
+
+    Run once after install and after each upgrade, as the user the agent runs as and with its
+    environment (deploy/install.sh does). The cache is NUMBA_CACHE_DIR, else
+    $LIFELINE_CACHE_DIR/numba, else $CACHE_DIRECTORY/numba (systemd), else
+    ~/.cache/lifeline/numba; it survives restarts.
+    """
+    from edge_agent import precompile as compile_kernels
+
+    click.echo(f"compiling the detection kernels into {kernel_cache_dir()} "
+               "(minutes on a small board the first time; seconds when cached)")
+    sys.exit(compile_kernels())
 
 
 @cli.command()

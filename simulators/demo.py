@@ -35,7 +35,9 @@ from rich.text import Text
 from lifeline.config import MqttSettings
 from lifeline.contract import LEVEL_NAMES, TIERS, decode_alert, domain_of, parse_topic
 from lifeline.errors import DecodeError, LifelineError
+from lifeline.jitcache import kernel_cache_dir
 from lifeline.mqtt import make_client
+from lifeline.progress import stage_progress
 from simulators.agent_config import AgentSettings, write_agent_configs
 from simulators.collect import AlertCollector, alerts_from_victoria
 from simulators.runner import RunOptions, RunResult, run_scenario
@@ -48,6 +50,10 @@ log = logging.getLogger("lifeline.demo")
 PREFIX = "lifeline/v1"
 LEVEL_STYLE = {0: "green", 1: "blue", 2: "yellow", 3: "dark_orange", 4: "red"}
 CHILD_STOP_S = 15.0
+#: A run stopped early does not score events that began this many seconds before the stop.
+LATE_S = 10.0
+#: Seconds between the progress lines printed when the output is not a terminal.
+PLAIN_EVERY_S = 10.0
 
 
 class DemoError(LifelineError):
@@ -205,25 +211,48 @@ def render(scenario: Scenario, collector: AlertCollector, board: Board, started:
 
 
 @contextlib.contextmanager
-def _interrupts_as(stop: threading.Event) -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into `stop` so the teardown below always runs."""
+def _interrupts_as(stop: threading.Event) -> Iterator[list[str]]:
+    """Turn the first SIGINT/SIGTERM into `stop` so the orderly teardown below runs; yields the
+    names of the signals received. A second Ctrl-C raises KeyboardInterrupt: stop at once."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    received: list[str] = []
 
     def handler(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
         stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     for sig in previous:
         signal.signal(sig, handler)
     try:
-        yield
+        yield received
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
+def _stop_together(children: list[Child]) -> None:
+    """SIGTERM every child at once, then wait for each (an agent drains for a few seconds)."""
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    for child in children:
+        child.stop()
+
+
+def _online(collector: AlertCollector) -> int:
+    return sum(1 for s in dict(collector.statuses).values() if s.get("state") == "online")
+
+
 def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", keep: bool = False,
              console: Console | None = None) -> int:
-    """Run the demo; returns the process exit code (0 when the chain ran and reported)."""
+    """Run the demo; returns the process exit code (0 when the chain ran and reported).
+
+    Ctrl-C (or SIGTERM) stops the simulated district first, lets the agents finish what they
+    received and the gateway store it, reports from the store, and only then stops the broker
+    and the store; the report says the run was stopped early. It exits 0, as the agent and the
+    gateway do on SIGINT. A second Ctrl-C stops everything at once, without the report.
+    """
     console = console or Console()
     find_binary("mosquitto", "/usr/sbin/mosquitto")
     find_binary("victoria-metrics", "/usr/bin/victoria-metrics")
@@ -233,14 +262,16 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
     children: list[Child] = []
     result: dict[str, Any] = {}
     sim_progress: dict[str, float] = {}
+    plain = not console.is_terminal  # a log file, journald, CI: one line per stage, no live view
     try:
-        with _interrupts_as(stop), contextlib.ExitStack() as stack:
+        with _interrupts_as(stop) as interrupted, contextlib.ExitStack() as stack:
             console.print(f"[bold]lifeline demo[/]: scenario [cyan]{scenario.name}[/] "
                           f"({len(scenario.sensors)} sensors, {len(scenario.townships)} townships); "
                           f"work directory {workdir}", soft_wrap=True)
             broker = stack.enter_context(MosquittoServer(workdir=_sub(workdir, "broker")))
             store = stack.enter_context(VictoriaMetricsServer(workdir=_sub(workdir, "store")))
-            console.print(f"  broker {broker.url}, store {store.url} (InfluxDB v2 write API)")
+            console.print(f"  servers up: broker {broker.url}, store {store.url} (InfluxDB v2 write API)",
+                          soft_wrap=True)
             _warm_kernels(console)
             settings = MqttSettings(url=broker.url, prefix=PREFIX)
             agent_settings = AgentSettings(
@@ -256,7 +287,8 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
             children.append(start_child("gateway", ["gateway", "--config", str(gw_config)], workdir))
             for path in configs:
                 children.append(start_child(path.stem, ["agent", "--config", str(path)], workdir))
-            console.print(f"  started the gateway and {len(configs)} agent(s); logs in {workdir}")
+            console.print(f"  started the gateway and {len(configs)} agent(s); logs in {workdir}",
+                          soft_wrap=True)
 
             def simulate() -> None:
                 def progress(p: Any) -> None:
@@ -275,33 +307,61 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
             sim = threading.Thread(target=simulate, name="demo-simulator", daemon=True)
             sim.start()
             started = time.monotonic()
-            with Live(render(scenario, collector, board, started, sim_progress), console=console,
-                      refresh_per_second=2, transient=False) as live:
-                while not stop.wait(0.5):
-                    for child in children:
-                        child.check_alive()
+            if plain:
+                _follow_plainly(console, scenario, collector, children, stop, started, sim_progress)
+            else:
+                with Live(render(scenario, collector, board, started, sim_progress), console=console,
+                          refresh_per_second=2, transient=False) as live:
+                    while not stop.wait(0.5):
+                        for child in children:
+                            child.check_alive()
+                        live.update(render(scenario, collector, board, started, sim_progress))
                     live.update(render(scenario, collector, board, started, sim_progress))
-                live.update(render(scenario, collector, board, started, sim_progress))
+            early = ", ".join(interrupted)
+            console.print(("stopping early (" + early + "): " if early else "stopping: ")
+                          + "the simulated district first, then the agents once they have processed "
+                          "what it sent, then the gateway once it has stored it"
+                          + (" (Ctrl-C again to stop at once, without a report)" if early else ""),
+                          soft_wrap=True)
             sim.join(30)
             if "error" in result:
                 raise DemoError(f"the simulator failed: {result['error']}") from result["error"]
-            console.print("stopping: letting the agents finish and the gateway store what is left ...")
             agent_ids = [t.agent for t in scenario.townships]
             run: RunResult | None = result.get("run")
+            # Stop the agents as soon as they are done, before the silence of the stopped
+            # simulator looks to them like sensors dropping out (`gap`).
             collector.wait_processed(agent_ids, run.agent_samples if run else 0, timeout_s=20,
-                                     settle_s=2.5, quiet_s=6.0)
+                                     settle_s=0.3, quiet_s=3.0, check=children[0].check_alive)
             final_samples, _ = collector.processed(agent_ids)
-            for child in children[1:]:
-                child.stop()
+            _stop_together(children[1:])
             stored = _stored_alerts(store, collector, children[0])
             children[0].stop()
-            _report(console, scenario, collector, board, run, final_samples, stored, store, workdir, keep)
+            _report(console, scenario, collector, board, run, final_samples, stored, store, workdir, keep,
+                    stopped_early=early)
         return 0
     finally:
-        for child in children:
-            child.stop()
+        _stop_together(children)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _follow_plainly(console: Console, scenario: Scenario, collector: AlertCollector, children: list[Child],
+                    stop: threading.Event, started: float, sim_progress: dict[str, float]) -> None:
+    """Without a terminal: a line when the agents come online, then one every `PLAIN_EVERY_S`."""
+    online, next_line = -1, started + PLAIN_EVERY_S
+    while not stop.wait(0.5):
+        for child in children:
+            child.check_alive()
+        now_online = _online(collector)
+        if now_online != online:
+            online = now_online
+            console.print(f"  agents online {online}/{len(scenario.townships)}")
+        if time.monotonic() >= next_line:
+            next_line += PLAIN_EVERY_S
+            samples = sum(int(s.get("samples", 0)) for s in dict(collector.statuses).values())
+            console.print(f"  {time.monotonic() - started:.0f} s: simulated "
+                          f"{sim_progress.get('sim_s', 0):.0f}/{scenario.duration_s:.0f} s, samples "
+                          f"processed {samples:,}, alerts {len(collector.alerts):,}")
 
 
 def _sub(workdir: Path, name: str) -> Path:
@@ -311,11 +371,14 @@ def _sub(workdir: Path, name: str) -> Path:
 
 
 def _warm_kernels(console: Console) -> None:
-    """Compile the detection kernels once (first run only) so the agents start at once."""
-    from edge_agent import precompile
+    """Load (on a cold cache: compile) the detection kernels once, so the agents start at once."""
+    from edge_agent import precompile_kernels
 
-    with console.status("warming the detection kernels (compiles once, then cached) ..."):
-        precompile()
+    with stage_progress("loading the detection kernels", console=console) as on_stage:
+        report = precompile_kernels(on_stage)
+    console.print(f"  kernels ready in {report.seconds:.1f} s"
+                  + (f" (compiled on a cold cache {kernel_cache_dir()}; cached from now on)" if report.cold
+                     else " (from the cache)"), soft_wrap=True)
 
 
 def _stored_alerts(store: VictoriaMetricsServer, collector: AlertCollector, gateway: Child) -> int:
@@ -335,8 +398,8 @@ def _stored_alerts(store: VictoriaMetricsServer, collector: AlertCollector, gate
 
 def _report(console: Console, scenario: Scenario, collector: AlertCollector, board: Board,
             run: RunResult | None, samples: int, stored: int, store: VictoriaMetricsServer,
-            workdir: Path, keep: bool) -> None:
-    """The short report printed at the end."""
+            workdir: Path, keep: bool, *, stopped_early: str = "") -> None:
+    """The short report printed at the end; a run stopped early says so and is scored as far as it got."""
     records = collector.records()
     after_end = 0
     if run is not None:  # sensors fall silent when the simulator stops: their `gap` faults are not news
@@ -349,6 +412,10 @@ def _report(console: Console, scenario: Scenario, collector: AlertCollector, boa
         rows = board.reading_rows
     console.rule("[bold]lifeline demo report")
     simulated = run.report.sim_s if run else 0.0
+    if stopped_early:
+        console.print(f"[bold yellow]stopped early[/] ({stopped_early}) after {simulated:.0f} of "
+                      f"{scenario.duration_s:.0f} s simulated: the figures cover that part of the run, "
+                      f"and events that began in its last {LATE_S:.0f} s are not scored", soft_wrap=True)
     console.print(f"simulated {simulated:.0f} s of district [cyan]{scenario.district}[/]: "
                   f"{len(scenario.sensors)} sensors, samples processed by the agents: {samples:,}")
     console.print("alerts raised by level: " + ", ".join(
@@ -357,11 +424,15 @@ def _report(console: Console, scenario: Scenario, collector: AlertCollector, boa
         + (f" ({after_end} alert(s) after the simulation stopped not counted)" if after_end else ""))
     console.print("alerts routed by tier: " + ", ".join(f"{t}: {tiers.get(t, 0)}" for t in TIERS))
     if run is not None:
-        report: ScoreReport = score(run.truth, records)
+        cut = run.truth.t1_ms - round(LATE_S * 1000) if stopped_early else None
+        report: ScoreReport = score(run.truth, records, cut_ms=cut)
         render_report(report, console)
+        if stopped_early:
+            console.print("(a run stopped early: the goals above are measured on part of the scenario, "
+                          "not a verdict on detection)")
     console.print(f"store: {stored} alert points and {rows} summary rows written to {store.url} "
                   "(measurements `alert` and `reading`, InfluxDB line protocol; read back with "
-                  f"{store.url}/api/v1/export?match[]={{__name__=~\"alert_.*\"}})")
+                  f"{store.url}/api/v1/export?match[]={{__name__=~\"alert_.*\"}})", soft_wrap=True)
     if keep:
         console.print(f"kept: data, configs and logs in {workdir} (servers stopped)")
     else:
