@@ -8,7 +8,6 @@ this process had to compile rather than load, which is how the agent knows it st
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +18,6 @@ import numpy as np
 from numba.core.dispatcher import Dispatcher
 
 from lifeline.progress import OnStage
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,15 +80,12 @@ def precompile(on_stage: OnStage | None = None) -> WarmReport:
                    for i, r in enumerate(rules)]
         Pipeline(SensorRegistry(sensors), rules, agent=AgentIdentity("precompile", "-", "-")).warm_up()
 
-    report = run_stages([
+    return run_stages([
         ("detection rules", lambda: RuleChain(rules).process(values, times, block_sensor, block_start)),
         ("window features", windows),
         ("serial frame CRC", lambda: crc16_modbus(b"123456789")),
         ("RawBlock decoder and batching", pipeline),
     ], on_stage)
-    log.info("kernels ready in %.1f s (%s)", report.seconds,
-             f"compiled {report.compiled} signature(s)" if report.cold else "all from the on-disk cache")
-    return report
 
 
 def warm_agent(pipeline: Any, *, serial: bool, on_stage: OnStage | None = None) -> WarmReport:

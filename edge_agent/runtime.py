@@ -85,7 +85,10 @@ def precompile() -> int:
     from edge_agent.kernel_cache import precompile as compile_all
 
     with stage_progress("compiling kernels", log=log) as on_stage:
-        compile_all(on_stage)
+        report = compile_all(on_stage)
+    log.info("kernels ready in %.1f s (%s) in %s", report.seconds,
+             f"compiled {report.compiled} signature(s)" if report.cold else "all from the on-disk cache",
+             kernel_cache_dir())
     return 0
 
 
@@ -286,6 +289,7 @@ class Agent:
             "sensors": len(self.registry),
             "sensors_online": len(self.registry) - gap,
             "sensors_gap": gap,
+            "sensors_warming": self.pipeline.chain.warming_up(),
             **c.as_dict(),
             "bad_frames": sum(s["bad_frames"] for s in serial),
             "batch_errors": self._step_errors,

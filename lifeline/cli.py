@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -180,6 +180,64 @@ def demo(duration: float | None, scenario_name: str, keep: bool) -> None:
         sys.exit(run_demo(duration, scenario_name=scenario_name, keep=keep))
     except LifelineError as exc:
         fail(exc)
+
+
+def _broker_options(func: Any) -> Any:
+    """--config / --url / --prefix / --username: the broker of `alerts` and `status`."""
+    for option in reversed([
+        click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="An agent or gateway TOML file: use its [mqtt] broker, credentials and prefix."),
+        click.option("--url", help="Broker URL, mqtt:// or mqtts:// (default: the config's, else "
+                                   "mqtt://127.0.0.1:1883). Password: LIFELINE_MQTT_PASSWORD."),
+        click.option("--prefix", help="Topic prefix (default: the config's, else lifeline/v1)."),
+        click.option("--username", help="Broker user name."),
+    ]):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@_broker_options
+@click.option("--tier", type=click.Choice(["township", "district", "city"]),
+              help="Follow what the gateway routes to this ops tier (P/ops/{tier}/...) instead of "
+                   "the agents' alerts (P/alert/...).")
+@click.option("--district", "districts", multiple=True, help="Only this district (repeatable).")
+@click.option("--level", "min_level", type=click.IntRange(0, 4), default=0,
+              help="Only alerts whose level or previous level is at least this (1 blue .. 4 red).")
+@click.option("--sensor", "sensors", multiple=True, help="Only sensors matching this glob, e.g. 'YZ-P-*' (repeatable).")
+@click.option("--rule", "rules", multiple=True, help="Only this rule, e.g. high, rate, gap (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per alert and line, for scripts.")
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many alerts.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), help="Exit after this many seconds.")
+def alerts(config_path: Path | None, url: str | None, prefix: str | None, username: str | None,
+           tier: str | None, districts: tuple[str, ...], min_level: int, sensors: tuple[str, ...],
+           rules: tuple[str, ...], as_json: bool, count: int | None, timeout_s: float | None) -> None:
+    """Follow alerts live and print them readably (Ctrl-C to stop)."""
+    from lifeline.watch import AlertFilter, broker_settings, run_alerts
+
+    try:
+        settings = broker_settings(config_path, url, prefix, username)
+        sys.exit(run_alerts(settings, AlertFilter(districts, min_level, sensors, rules), tier=tier,
+                            as_json=as_json, count=count, timeout_s=timeout_s))
+    except LifelineError as exc:
+        fail(exc, 1)
+
+
+@cli.command()
+@_broker_options
+@click.option("--json", "as_json", is_flag=True, help="The agents as a JSON list, for scripts.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Longest to wait for the broker's retained statuses.")
+def status(config_path: Path | None, url: str | None, prefix: str | None, username: str | None,
+           as_json: bool, timeout_s: float) -> None:
+    """List the agents from their retained status: online or offline, version, backlog, sensors."""
+    from lifeline.watch import broker_settings, run_status
+
+    try:
+        sys.exit(run_status(broker_settings(config_path, url, prefix, username), as_json=as_json,
+                            timeout_s=timeout_s))
+    except LifelineError as exc:
+        fail(exc, 1)
 
 
 def main() -> None:

@@ -253,7 +253,10 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
     and the store; the report says the run was stopped early. It exits 0, as the agent and the
     gateway do on SIGINT. A second Ctrl-C stops everything at once, without the report.
     """
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)  # a log file gets whole lines and tables
     find_binary("mosquitto", "/usr/sbin/mosquitto")
     find_binary("victoria-metrics", "/usr/bin/victoria-metrics")
     scenario = load_scenario(find_scenario(scenario_name))
@@ -353,7 +356,7 @@ def _follow_plainly(console: Console, scenario: Scenario, collector: AlertCollec
         for child in children:
             child.check_alive()
         now_online = _online(collector)
-        if now_online != online:
+        if now_online != online and now_online:
             online = now_online
             console.print(f"  agents online {online}/{len(scenario.townships)}")
         if time.monotonic() >= next_line:

@@ -69,6 +69,12 @@ def test_thresholds_end_to_end_with_summaries_status_and_a_clean_stop(
     assert collector.wait_for(lambda c: any(done(s) for s in c.status))
     status = next(s for s in collector.status if done(s))
     assert status.state == "online" and status.extra["blocks"] == 3 and status.extra["version"]
+    # the harness filled the kernel cache first; T-P-2's anomaly rule (pipe.pressure) still learns
+    # its normal, and T-P-1 (an unknown kind) runs none
+    assert status.extra["cold_cache"] is False and status.extra["kernels_load_s"] < 30
+    assert status.extra["sensors_warming"] == 1
+    agent.wait_log(r"loading kernels 1/\d: detection rules")
+    agent.wait_log(r"kernels loaded from the cache \S+ in")
     started = time.monotonic()
     assert agent.terminate() == 0
     assert time.monotonic() - started < 8
