@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 import click
 
 from lifeline import __version__
-from lifeline.errors import LifelineError
+from lifeline.contract import TIERS
+from lifeline.errors import ConfigError, LifelineError
 from lifeline.jitcache import kernel_cache_dir
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -198,7 +199,7 @@ def _broker_options(func: Any) -> Any:
 
 @cli.command()
 @_broker_options
-@click.option("--tier", type=click.Choice(["township", "district", "city"]),
+@click.option("--tier", type=click.Choice(list(TIERS)),
               help="Follow what the gateway routes to this ops tier (P/ops/{tier}/...) instead of "
                    "the agents' alerts (P/alert/...).")
 @click.option("--district", "districts", multiple=True, help="Only this district (repeatable).")
@@ -219,7 +220,9 @@ def alerts(config_path: Path | None, url: str | None, prefix: str | None, userna
         settings = broker_settings(config_path, url, prefix, username)
         sys.exit(run_alerts(settings, AlertFilter(districts, min_level, sensors, rules), tier=tier,
                             as_json=as_json, count=count, timeout_s=timeout_s))
-    except LifelineError as exc:
+    except ConfigError as exc:
+        fail(exc)
+    except LifelineError as exc:  # the broker cannot be reached
         fail(exc, 1)
 
 
@@ -236,7 +239,9 @@ def status(config_path: Path | None, url: str | None, prefix: str | None, userna
     try:
         sys.exit(run_status(broker_settings(config_path, url, prefix, username), as_json=as_json,
                             timeout_s=timeout_s))
-    except LifelineError as exc:
+    except ConfigError as exc:
+        fail(exc)
+    except LifelineError as exc:  # the broker cannot be reached
         fail(exc, 1)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiomqtt
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -34,7 +34,7 @@ from rich.text import Text
 from lifeline.backoff import backoff_delays
 from lifeline.config import MqttSettings, load_toml_model, redact_url
 from lifeline.contract import LEVEL_NAMES, Alert, DecodeError, Status, decode_alert, decode_status
-from lifeline.errors import LifelineError
+from lifeline.errors import ConfigError, LifelineError
 from lifeline.mqtt import tls_context
 
 LEVEL_STYLE: Final = {0: "green", 1: "blue", 2: "yellow", 3: "dark_orange", 4: "bold red"}
@@ -60,8 +60,14 @@ def broker_settings(config: Path | None, url: str | None, prefix: str | None,
     """The broker to watch: an agent's or gateway's `[mqtt]`, with `--url`/`--prefix`/`--username` over it."""
     settings = load_toml_model(config, _MqttOfFile).mqtt if config is not None else MqttSettings()
     changes = {k: v for k, v in (("url", url), ("prefix", prefix), ("username", username)) if v}
-    return MqttSettings.model_validate({**settings.model_dump(exclude_unset=True), **changes}) if changes \
-        else settings
+    if not changes:
+        return settings
+    try:
+        return MqttSettings.model_validate({**settings.model_dump(exclude_unset=True), **changes})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors(include_url=False))
+    raise ConfigError(problems)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,12 @@ def test_demo_runs_the_chain_and_reports(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "lifeline demo report" in output
+    # no terminal: one line per stage, so a log shows where a slow start is
+    for stage in ("servers up: broker mqtt://127.0.0.1:", "loading the detection kernels 1/4: detection rules",
+                  "kernels ready in", "started the gateway and"):
+        assert stage in output, output[:3000]
+    assert re.search(r"agents online (\d+)/\1\n", output), output[:3000]
+    assert "stopped early" not in output  # --duration is a full run
     samples = re.search(r"samples processed by the agents:\s*([\d,]+)", output)
     assert samples and int(samples.group(1).replace(",", "")) > 1000, output[-3000:]
     routed = re.search(r"alerts routed by tier: township: (\d+)", output)

@@ -157,3 +157,10 @@ def test_the_broker_comes_from_an_agent_config(tmp_path: Path, broker: Mosquitto
     settings = broker_settings(config, None, None, None)
     assert (settings.url, settings.prefix, settings.username) == (broker.url, "city/v1", "ops")
     assert broker_settings(config, None, "other/v1", None).prefix == "other/v1"
+
+
+def test_a_bad_url_option_is_named(tmp_path: Path) -> None:
+    proc = Lifeline("alerts", "--url", "http://127.0.0.1:1883")
+    code, _ = proc.finish()
+    assert code == 2
+    assert "lifeline: error: --url: must start with mqtt:// or mqtts://" in "".join(proc.err)
