@@ -50,6 +50,12 @@ log = logging.getLogger("lifeline.demo")
 PREFIX = "lifeline/v1"
 LEVEL_STYLE = {0: "green", 1: "blue", 2: "yellow", 3: "dark_orange", 4: "red"}
 CHILD_STOP_S = 15.0
+#: The agents' shortest silence before a `gap` fault: longer than the demo's own stop takes
+#: (`STOP_WAIT_S` for the agents to finish, then their drain), shorter than the scenario's
+#: dropouts (40 s), so a stopped simulator does not look like sensors dropping out.
+GAP_FLOOR_S = 15.0
+#: Longest the agents get to process what the stopped simulator sent before they are stopped.
+STOP_WAIT_S = 8.0
 #: A run stopped early does not score events that began this many seconds before the stop.
 LATE_S = 10.0
 #: Seconds between the progress lines printed when the output is not a terminal.
@@ -199,7 +205,7 @@ def render(scenario: Scenario, collector: AlertCollector, board: Board, started:
 
     statuses = dict(collector.statuses)
     samples = sum(int(s.get("samples", 0)) for s in statuses.values())
-    online = sum(1 for s in statuses.values() if s.get("state") == "online")
+    online = _online(collector)
     elapsed = time.monotonic() - started
     rate = samples / elapsed if elapsed > 0 else 0.0
     line = Text.assemble(
@@ -279,7 +285,7 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
             settings = MqttSettings(url=broker.url, prefix=PREFIX)
             agent_settings = AgentSettings(
                 mqtt_url=broker.url, prefix=PREFIX, state_dir=workdir / "state", run_dir=workdir / "run",
-                agent_keys={"window_s": 10.0, "status_interval_s": 2.0})
+                agent_keys={"window_s": 10.0, "status_interval_s": 2.0, "gap_floor_s": GAP_FLOOR_S})
             configs = write_agent_configs(scenario, workdir / "config", agent_settings)
             gw_config = workdir / "config" / "gateway.toml"
             gw_config.write_text(gateway_toml(broker, store))
@@ -333,7 +339,7 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
             run: RunResult | None = result.get("run")
             # Stop the agents as soon as they are done, before the silence of the stopped
             # simulator looks to them like sensors dropping out (`gap`).
-            collector.wait_processed(agent_ids, run.agent_samples if run else 0, timeout_s=20,
+            collector.wait_processed(agent_ids, run.agent_samples if run else 0, timeout_s=STOP_WAIT_S,
                                      settle_s=0.3, quiet_s=3.0, check=children[0].check_alive)
             final_samples, _ = collector.processed(agent_ids)
             _stop_together(children[1:])
@@ -404,10 +410,10 @@ def _report(console: Console, scenario: Scenario, collector: AlertCollector, boa
             workdir: Path, keep: bool, *, stopped_early: str = "") -> None:
     """The short report printed at the end; a run stopped early says so and is scored as far as it got."""
     records = collector.records()
-    after_end = 0
+    after_end: Counter[str] = Counter()
     if run is not None:  # sensors fall silent when the simulator stops: their `gap` faults are not news
-        in_run = [r for r in records if r.ts <= run.truth.t1_ms + 1000]
-        after_end, records = len(records) - len(in_run), in_run
+        after_end = Counter(r.rule for r in records if r.ts > run.truth.t1_ms + 1000)
+        records = [r for r in records if r.ts <= run.truth.t1_ms + 1000]
     raises = [r for r in records if r.level > r.prev]
     by_level = Counter(r.level for r in raises)
     with board.lock:
@@ -424,7 +430,8 @@ def _report(console: Console, scenario: Scenario, collector: AlertCollector, boa
     console.print("alerts raised by level: " + ", ".join(
         f"{lvl} {LEVEL_NAMES[lvl]}: {by_level.get(lvl, 0)}" for lvl in range(1, 5))
         + f"; cleared: {sum(1 for r in records if r.level == 0)}"
-        + (f" ({after_end} alert(s) after the simulation stopped not counted)" if after_end else ""))
+        + (f" ({after_end.total()} alert(s) after the simulation stopped not counted: "
+           + ", ".join(f"{rule} {n}" for rule, n in after_end.most_common()) + ")" if after_end else ""))
     console.print("alerts routed by tier: " + ", ".join(f"{t}: {tiers.get(t, 0)}" for t in TIERS))
     if run is not None:
         cut = run.truth.t1_ms - round(LATE_S * 1000) if stopped_early else None
