@@ -142,7 +142,8 @@ def main() -> None:
     met = first_s < TARGET_S and first.get("cold_cache") is False
     body = (
         f"Command: `python -m benchmarks.bench_startup{' --quick' if args.quick else ''} --write` "
-        f"({machine.one_line()}). One agent with a sensor of each of the {len(PROFILES)} built-in "
+        f"({machine.one_line()}; load average at start {' / '.join(f'{x:.2f}' for x in machine.load_average)}"
+        f", the compile times grow with it). One agent with a sensor of each of the {len(PROFILES)} built-in "
         "kinds, a real Mosquitto; each start is timed from the process start to its retained "
         "`online` status, with `NUMBA_CACHE_DIR` a fresh directory per case.\n\n"
         + "\n".join(rows)
