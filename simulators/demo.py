@@ -218,9 +218,11 @@ def render(scenario: Scenario, collector: AlertCollector, board: Board, started:
 
 @contextlib.contextmanager
 def _interrupts_as(stop: threading.Event) -> Iterator[list[str]]:
-    """Turn the first SIGINT/SIGTERM into `stop` so the orderly teardown below runs; yields the
-    names of the signals received. A second Ctrl-C raises KeyboardInterrupt: stop at once."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Turn the first SIGINT/SIGTERM/SIGHUP (the terminal closed) into `stop` so the orderly
+    teardown below runs: the servers, in their own process group, and the agents, in their own
+    sessions, would outlive a demo killed by the signal. Yields the names of the signals received.
+    A second Ctrl-C raises KeyboardInterrupt: stop at once."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     received: list[str] = []
 
     def handler(signum: int, frame: Any) -> None:

@@ -73,6 +73,7 @@ class TerminalSession:
             os.execve(sys.executable, [sys.executable, "-m", "lifeline.cli", *args], env)
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 160, 0, 0))
         self.raw = bytearray()
+        self.exit_code: int | None = None
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -108,17 +109,32 @@ class TerminalSession:
         """Type Ctrl-C: the terminal sends SIGINT to its foreground process group."""
         os.write(self.fd, b"\x03")
 
+    def close(self, timeout_s: float = 90) -> None:
+        """Close the terminal; a demo still running (a failed test) takes the hang-up as a stop."""
+        try:
+            os.close(self.fd)  # SIGHUP to the demo, which stops as on Ctrl-C
+        except OSError:
+            pass
+        if self.exit_code is None:
+            try:
+                self.wait_exit(timeout_s)
+            except AssertionError:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+
     def wait_exit(self, timeout_s: float) -> int:
+        """The demo's exit code once it exits; AssertionError if it runs on past `timeout_s`."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while self.exit_code is None and time.monotonic() < deadline:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 self.reader.join(10)
-                return os.waitstatus_to_exitcode(status)
-            self.reader.join(0.2)  # the child is still tearing down; its output wakes nothing to wait on
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
-        raise AssertionError(f"the demo did not exit within {timeout_s:.0f} s after Ctrl-C:\n{self.text[-4000:]}")
+                self.exit_code = os.waitstatus_to_exitcode(status)
+            else:
+                self.reader.join(0.2)  # still tearing down; its output wakes nothing to wait on
+        if self.exit_code is None:
+            raise AssertionError(f"the demo did not exit within {timeout_s:.0f} s:\n{self.text[-4000:]}")
+        return self.exit_code
 
 
 def _simulated_s(text: str) -> int:
@@ -130,6 +146,13 @@ def test_ctrl_c_in_a_terminal_stops_the_district_first_and_reports_from_the_stor
     """A real Ctrl-C on the demo's terminal: the servers outlive the agents, the report comes from
     the store, says the run was stopped early, and the stop itself raises no `gap` alerts."""
     session = TerminalSession(["demo"], tmp_path)
+    try:
+        stopped_early_by_ctrl_c(session)
+    finally:
+        session.close()
+
+
+def stopped_early_by_ctrl_c(session: TerminalSession) -> None:
     assert session.wait_for(lambda t: re.search(r"(\d+) townships\)", t) is not None, 60), session.text[-4000:]
     agents = re.search(r"(\d+) townships\)", session.text).group(1)  # one agent per township
     assert session.wait_for(lambda t: f"agents online {agents}/{agents}" in t, 180), session.text[-4000:]
@@ -154,3 +177,18 @@ def test_ctrl_c_in_a_terminal_stops_the_district_first_and_reports_from_the_stor
     assert workdir is not None
     assert not Path(workdir.group(1)).exists(), "the temporary directory must be removed"
     assert [c for c in running_commands() if workdir.group(1) in c] == []
+
+
+def test_closing_the_terminal_stops_the_demo_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """The terminal goes away (SIGHUP): the servers, agents and gateway are stopped with the demo."""
+    session = TerminalSession(["demo"], tmp_path)
+    try:
+        assert session.wait_for(lambda t: re.search(r"agents online (\d+)/\1\b", t) is not None, 180), \
+            session.text[-4000:]
+        workdir = re.search(r"work directory (\S+)", session.text)
+        assert workdir is not None
+    finally:
+        session.close()
+    assert session.exit_code is not None
+    assert [c for c in running_commands() if workdir.group(1) in c] == []
+    assert not Path(workdir.group(1)).exists(), "the temporary directory must be removed"
