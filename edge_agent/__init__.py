@@ -9,10 +9,12 @@ shared config, MQTT helpers) is in `lifeline`.
 
 Public names, for the CLI and for simulators that drive agents (imported on first use, so
 `import edge_agent` stays cheap): `AgentConfig` and `load_agent_config` (the agent's
-configuration), `run_agent` (run until SIGTERM), `precompile` (compile the kernels into the
-on-disk cache), `FAULT_RULES` (the kernels' rules that mean a broken sensor rather than an
-event; the agent adds `gap` itself), `WINDOW_RULES` (the rules that judge closed summary windows,
-such as `trend` and `freq_shift`).
+configuration), `config_warnings` (what in a valid config is probably a mistake, such as an
+unknown kind), `run_agent` (run until SIGTERM), `precompile` (compile the kernels into the
+on-disk cache, with progress lines; `precompile_kernels(on_stage)` for a caller's own progress,
+returning what it cost and whether the cache was cold), `FAULT_RULES` (the kernels' rules that
+mean a broken sensor rather than an event; the agent adds `gap` itself), `WINDOW_RULES` (the
+rules that judge closed summary windows, such as `trend` and `freq_shift`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edge_agent.config import AgentConfig, load_agent_config
+    from edge_agent.config import AgentConfig, config_warnings, load_agent_config
     from edge_agent.kernels.codes import FAULT_RULES
+    from edge_agent.kernel_cache import precompile as precompile_kernels
     from edge_agent.kernels.structural import WINDOW_RULES
     from edge_agent.runtime import precompile, run_agent
 
@@ -30,11 +33,16 @@ if TYPE_CHECKING:
 _PUBLIC: dict[str, str] = {
     "AgentConfig": "edge_agent.config",
     "load_agent_config": "edge_agent.config",
+    "config_warnings": "edge_agent.config",
     "FAULT_RULES": "edge_agent.kernels.codes",
     "WINDOW_RULES": "edge_agent.kernels.structural",
     "precompile": "edge_agent.runtime",
+    "precompile_kernels": "edge_agent.kernel_cache",
     "run_agent": "edge_agent.runtime",
 }
+
+#: Public names that differ from the name in their module.
+_ATTR: dict[str, str] = {"precompile_kernels": "precompile"}
 
 
 def __getattr__(name: str) -> object:
@@ -42,9 +50,10 @@ def __getattr__(name: str) -> object:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), _ATTR.get(name, name))
     globals()[name] = value
     return value
 
 
-__all__ = ["FAULT_RULES", "WINDOW_RULES", "AgentConfig", "load_agent_config", "precompile", "run_agent"]
+__all__ = ["FAULT_RULES", "WINDOW_RULES", "AgentConfig", "config_warnings", "load_agent_config",
+           "precompile", "precompile_kernels", "run_agent"]

@@ -221,12 +221,35 @@ def sensor_rules(sensor: SensorSettings, index: int) -> SensorRules:
         raise ValueError(f"sensor[{index}].{where}{message}") from exc
 
 
+def config_warnings(config: AgentConfig) -> list[str]:
+    """What in a valid config is probably a mistake, one line each naming the sensor and key.
+
+    An unknown `kind` is allowed (contract section 1) but gets no built-in profile: the warning
+    names the built-in kinds and the rules the sensor will run, computed from its rules.
+    """
+    from edge_agent.kernels.codes import RULE_NAMES
+    from edge_agent.kernels.params import enabled_rules
+    from edge_agent.kernels.profiles import PROFILES
+
+    out = []
+    for i, s in enumerate(config.sensor):
+        if s.kind in PROFILES:
+            continue
+        runs = enabled_rules(sensor_rules(s, i))
+        off = [name for name in RULE_NAMES if name not in runs]
+        out.append(
+            f"sensor[{i}].kind: {s.kind!r} ({s.id}) is not a built-in kind and gets no built-in "
+            f"profile: it runs {', '.join(runs) or 'no rule at all'}; not {', '.join(off) or '-'} "
+            f"(set them with high/low and rules, or use a built-in kind: {', '.join(sorted(PROFILES))})")
+    return out
+
+
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     """Load and validate an agent configuration file."""
     return load_toml_model(path, AgentConfig)
 
 
 __all__ = [
-    "AgentConfig", "AgentSection", "RawMqttSettings", "SensorSettings", "load_agent_config",
+    "AgentConfig", "AgentSection", "RawMqttSettings", "SensorSettings", "config_warnings", "load_agent_config",
     "sensor_rules",
 ]

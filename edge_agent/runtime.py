@@ -23,17 +23,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-import numpy as np
-
 from edge_agent.config import AgentConfig, sensor_rules
 from edge_agent.inputs.base import Ingress, ThrottledWarnings
 from edge_agent.inputs.mqtt_raw import RawMqttInput
+from edge_agent.kernel_cache import WarmReport
 from edge_agent.outbox import OutboundMessage, Outbox, OutboxError
 from edge_agent.pipeline import AgentIdentity, GapSettings, Pipeline, StepResult
 from edge_agent.registry import SensorRegistry
 from lifeline import __version__
 from lifeline.contract import alert_topic, summary_topic
 from lifeline.errors import ConfigError, LifelineError
+from lifeline.jitcache import kernel_cache_dir
+from lifeline.progress import stage_progress
 
 log = logging.getLogger(__name__)
 
@@ -80,32 +81,14 @@ def keep_freed_heap(keep_bytes: int = KEEP_FREE_HEAP) -> bool:
 
 
 def precompile() -> int:
-    """Compile (or load from numba's on-disk cache) every kernel the agent calls."""
-    from edge_agent.kernels import RULE_NAMES, RuleChain, WindowAccumulator, default_rules
-    from edge_agent.kernels.profiles import PROFILES
+    """Compile (or load from numba's on-disk cache) every kernel the agent calls, with progress."""
+    from edge_agent.kernel_cache import precompile as compile_all
 
-    started = time.monotonic()
-    rules = [default_rules(kind) for kind in PROFILES]
-    chain = RuleChain(rules)
-    windows = WindowAccumulator(len(rules), kinds=[r.kind for r in rules])
-    n = 64
-    values = np.linspace(0.0, 1.0, n * len(rules))
-    times = np.arange(n * len(rules), dtype=np.int64) * 10
-    block_sensor = np.arange(len(rules), dtype=np.int32)
-    block_start = np.arange(len(rules) + 1, dtype=np.int64) * n
-    chain.process(values, times, block_sensor, block_start)
-    windows.add(values, block_sensor, block_start, times)
-    windows.take()
-    from edge_agent.frames import crc16_modbus
-
-    crc16_modbus(b"123456789")
-    from edge_agent.config import SensorSettings
-
-    sensors = [SensorSettings(id=f"precompile-{i}", kind=r.kind, site="precompile")
-               for i, r in enumerate(rules)]
-    pipeline = Pipeline(SensorRegistry(sensors), rules, agent=AgentIdentity("precompile", "-", "-"))
-    pipeline.warm_up()  # the batch decoder and grouping kernels
-    log.info("kernels ready (%d rules) in %.1f s", len(RULE_NAMES), time.monotonic() - started)
+    with stage_progress("compiling kernels", log=log) as on_stage:
+        report = compile_all(on_stage)
+    log.info("kernels ready in %.1f s (%s) in %s", report.seconds,
+             f"compiled {report.compiled} signature(s)" if report.cold else "all from the on-disk cache",
+             kernel_cache_dir())
     return 0
 
 
@@ -155,6 +138,7 @@ class Agent:
                            for plan in self.registry.modbus_buses()]
         self.uplink = Uplink(config.mqtt, agent_id=a.id, outbox=self.outbox, status=self.status,
                              status_interval_s=a.status_interval_s)
+        self.warm = WarmReport(0.0, 0)
         self._stop = threading.Event()
         self._errors = ThrottledWarnings(log)
         self._step_errors = 0
@@ -172,7 +156,7 @@ class Agent:
                  a.id, a.district, a.township, __version__, len(self.registry), counts or "none",
                  self.config.mqtt.url, raw, a.state_dir)
         keep_freed_heap()
-        self.pipeline.warm_up()
+        self._warm_kernels()
         freeze_startup_objects()
         self.uplink.start()
         if self.raw_input:
@@ -197,6 +181,19 @@ class Agent:
                 self._save_state()
                 next_save = time.monotonic() + a.state_save_s
         return self._shutdown()
+
+    def _warm_kernels(self) -> None:
+        """Load the kernels before the inputs start, saying so (a cold cache compiles for a while)."""
+        from edge_agent.kernel_cache import warm_agent
+
+        with stage_progress("loading kernels", log=log) as on_stage:
+            self.warm = warm_agent(self.pipeline, serial=bool(self.serial), on_stage=on_stage)
+        if self.warm.cold:
+            log.warning("kernels compiled in %.1f s (%d signature(s)): the kernel cache %s was cold; "
+                        "`lifeline precompile` fills it ahead (deploy/install.sh runs it)",
+                        self.warm.seconds, self.warm.compiled, kernel_cache_dir())
+        else:
+            log.info("kernels loaded from the cache %s in %.1f s", kernel_cache_dir(), self.warm.seconds)
 
     def stop(self) -> None:
         """Ask the main loop to finish (safe from a signal handler or another thread)."""
@@ -292,6 +289,7 @@ class Agent:
             "sensors": len(self.registry),
             "sensors_online": len(self.registry) - gap,
             "sensors_gap": gap,
+            "sensors_warming": self.pipeline.chain.warming_up(),
             **c.as_dict(),
             "bad_frames": sum(s["bad_frames"] for s in serial),
             "batch_errors": self._step_errors,
@@ -301,6 +299,8 @@ class Agent:
             "dropped_summaries": box.dropped_summaries,
             "disk_full": self.outbox.space_low,
             "wall_offset_ms": self.pipeline.wall_offset_ms,
+            "cold_cache": self.warm.cold,
+            "kernels_load_s": round(self.warm.seconds, 2),
         }
         out.update(self._places())
         if self.raw_input is not None:

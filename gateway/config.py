@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -69,10 +72,24 @@ class InfluxSettings(ConfigSection):
         return os.environ.get("LIFELINE_INFLUX_TOKEN", "")
 
 
+def default_gateway_id(config_path: str | os.PathLike[str] | None = None) -> str:
+    """`gw-{host}-{hash}`: unique per machine and config file, and the same at every restart.
+
+    Two gateways with one id share one MQTT client id, and the broker would disconnect the first
+    each time the second connects: without `[gateway] id` each gets its own.
+    """
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:48] or "host"
+    if config_path is None:
+        return f"gw-{host}"
+    where = hashlib.sha256(str(Path(config_path).resolve()).encode()).hexdigest()[:6]
+    return f"gw-{host}-{where}"
+
+
 class GatewaySection(ConfigSection):
     """`[gateway]`: this gateway's identity and scale-out settings (all optional)."""
 
-    id: str = Field(default="gateway", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    #: Default: derived from the host name and the config file's path (`default_gateway_id`).
+    id: str = Field(default_factory=default_gateway_id, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     #: Shared-subscription group; gateways in one group split the load. Empty (the default): a
     #: plain subscription, which the broker restores after its own restart. Mosquitto 2.0.11
     #: does not restore `$share` subscriptions, so what arrives before the group re-subscribes is lost.
@@ -125,5 +142,9 @@ class GatewayConfig(ConfigSection):
 
 
 def load_gateway_config(path: str | os.PathLike[str]) -> GatewayConfig:
-    """Load and validate a gateway configuration file."""
-    return load_toml_model(path, GatewayConfig)
+    """Load and validate a gateway configuration file; without `[gateway] id`, derive a unique one."""
+    config = load_toml_model(path, GatewayConfig)
+    if "id" in config.gateway.model_fields_set:
+        return config
+    gateway = config.gateway.model_copy(update={"id": default_gateway_id(path)})
+    return config.model_copy(update={"gateway": gateway})

@@ -55,6 +55,9 @@ _READ_BURST: Final = 4
 _MAX_WAIT_S: Final = 1.0
 #: A connection that lasted this long resets the reconnect backoff.
 _STABLE_AFTER_S: Final = 10.0
+#: MQTT 5 DISCONNECT reason: another client connected with this client id (brokers that send it;
+#: Mosquitto 2.0.11 closes the connection without a reason).
+_SESSION_TAKEN_OVER: Final = 142
 #: What to check when the broker refuses the client id.
 _ID_HINT: Final = "check mqtt.client_id / gateway.id: is another gateway using the same id?"
 
@@ -357,6 +360,10 @@ class BrokerLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if reason == _SESSION_TAKEN_OVER:
+            log.error("the broker handed this gateway's session to another client with the same client "
+                      "id %s (%s); two gateways with one id keep disconnecting each other and split "
+                      "its queue: give each its own [gateway] id", self.client_id, _ID_HINT)
         if self._note_disconnected():
             self._on_event(Disconnected(str(reason)))
 

@@ -11,6 +11,8 @@ show `**********`, config errors never echo them, and URLs with credentials in t
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -182,6 +184,12 @@ def _format_validation(path: Path, exc: ValidationError) -> str:
             msg = "unknown key (check the spelling; see the sample config)"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] in _TYPE_WORDS and "input" in err:
+            secret = bool(SECRET_KEYS.intersection(str(part) for part in err["loc"]))
+            got = _describe_input(err["input"], secret)
+            if isinstance(err["input"], str) and not secret and err["type"] in _SCALARS:
+                got += " (write it without quotes)"
+            msg = f"expected {_TYPE_WORDS[err['type']]}, got {got}"
         elif (
             "input" in err
             and err["type"] not in ("value_error", "model_type")
@@ -193,8 +201,46 @@ def _format_validation(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+#: Pydantic's type errors in words for the config's reader.
+_TYPE_WORDS: dict[str, str] = {
+    "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+    "string_type": "a string", "list_type": "a list", "dict_type": "a table",
+}
+#: Types a TOML value is written without quotes for.
+_SCALARS = frozenset({"int_type", "float_type", "bool_type"})
+#: How a TOML date or time reaches the model: as a table nothing accepts, so it is refused.
+_TOML_VALUE = "toml date/time"
+
+
+def _describe_input(value: object, secret: bool) -> str:
+    """The wrong value of a key in words; a secret's value is never shown, only its type."""
+    if isinstance(value, dict) and _TOML_VALUE in value:
+        return f"the TOML date/time {value[_TOML_VALUE]}"
+    words = {str: "a string", bool: "true/false", int: "an integer", float: "a number",
+             list: "a list", dict: "a table"}
+    if secret:
+        return words.get(type(value), type(value).__name__)
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _json_value(value: object) -> object:
+    """A TOML value JSON cannot hold (date, time, datetime) as a table no config key accepts."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return {_TOML_VALUE: value.isoformat()}
+    raise TypeError(f"unexpected TOML value {type(value).__name__}")
+
+
 def load_toml_model(path: str | os.PathLike[str], model: type[Model]) -> Model:
-    """Read a TOML file into `model`; raise ConfigError naming the file, key and problem."""
+    """Read a TOML file into `model`; raise ConfigError naming the file, key and problem.
+
+    Values are checked strictly, as TOML types them: `debounce = "3"` (a string) is an error,
+    not a 3, so a quoted number or `true` in the wrong place never passes unseen. (Validated as
+    JSON, where pydantic's strict mode still reads a path from a string.)
+    """
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -208,7 +254,7 @@ def load_toml_model(path: str | os.PathLike[str], model: type[Model]) -> Model:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not UTF-8 text: {exc}") from exc
     try:
-        return model.model_validate(raw)
+        return model.model_validate_json(json.dumps(raw, default=_json_value), strict=True)
     except ValidationError as exc:
         message = _format_validation(p, exc)
     # Raised outside the `except`, so the error has neither cause nor context: pydantic's own

@@ -35,7 +35,9 @@ from rich.text import Text
 from lifeline.config import MqttSettings
 from lifeline.contract import LEVEL_NAMES, TIERS, decode_alert, domain_of, parse_topic
 from lifeline.errors import DecodeError, LifelineError
+from lifeline.jitcache import kernel_cache_dir
 from lifeline.mqtt import make_client
+from lifeline.progress import stage_progress
 from simulators.agent_config import AgentSettings, write_agent_configs
 from simulators.collect import AlertCollector, alerts_from_victoria
 from simulators.runner import RunOptions, RunResult, run_scenario
@@ -48,6 +50,16 @@ log = logging.getLogger("lifeline.demo")
 PREFIX = "lifeline/v1"
 LEVEL_STYLE = {0: "green", 1: "blue", 2: "yellow", 3: "dark_orange", 4: "red"}
 CHILD_STOP_S = 15.0
+#: The agents' shortest silence before a `gap` fault: longer than the demo's own stop takes
+#: (`STOP_WAIT_S` for the agents to finish, then their drain), shorter than the scenario's
+#: dropouts (40 s), so a stopped simulator does not look like sensors dropping out.
+GAP_FLOOR_S = 15.0
+#: Longest the agents get to process what the stopped simulator sent before they are stopped.
+STOP_WAIT_S = 8.0
+#: A run stopped early does not score events that began this many seconds before the stop.
+LATE_S = 10.0
+#: Seconds between the progress lines printed when the output is not a terminal.
+PLAIN_EVERY_S = 10.0
 
 
 class DemoError(LifelineError):
@@ -194,7 +206,7 @@ def render(scenario: Scenario, collector: AlertCollector, board: Board, started:
 
     statuses = dict(collector.statuses)
     samples = sum(int(s.get("samples", 0)) for s in statuses.values())
-    online = sum(1 for s in statuses.values() if s.get("state") == "online")
+    online = _online(collector)
     elapsed = time.monotonic() - started
     rate = samples / elapsed if elapsed > 0 else 0.0
     line = Text.assemble(
@@ -206,26 +218,54 @@ def render(scenario: Scenario, collector: AlertCollector, board: Board, started:
 
 
 @contextlib.contextmanager
-def _interrupts_as(stop: threading.Event) -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into `stop` so the teardown below always runs."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+def _interrupts_as(stop: threading.Event) -> Iterator[list[str]]:
+    """Turn the first SIGINT/SIGTERM/SIGHUP (the terminal closed) into `stop` so the orderly
+    teardown below runs: the servers, in their own process group, and the agents, in their own
+    sessions, would outlive a demo killed by the signal. Yields the names of the signals received.
+    A second Ctrl-C raises KeyboardInterrupt: stop at once."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    received: list[str] = []
 
     def handler(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
         stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     for sig in previous:
         signal.signal(sig, handler)
     try:
-        yield
+        yield received
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
+def _stop_together(children: list[Child]) -> None:
+    """SIGTERM every child at once, then wait for each (an agent drains for a few seconds)."""
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    for child in children:
+        child.stop()
+
+
+def _online(collector: AlertCollector) -> int:
+    return sum(1 for s in dict(collector.statuses).values() if s.get("state") == "online")
+
+
 def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", keep: bool = False,
              console: Console | None = None) -> int:
-    """Run the demo; returns the process exit code (0 when the chain ran and reported)."""
-    console = console or Console()
+    """Run the demo; returns the process exit code (0 when the chain ran and reported).
+
+    Ctrl-C (or SIGTERM) stops the simulated district first, lets the agents finish what they
+    received and the gateway store it, reports from the store, and only then stops the broker
+    and the store; the report says the run was stopped early. It exits 0, as the agent and the
+    gateway do on SIGINT. A second Ctrl-C stops everything at once, without the report.
+    """
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)  # a log file gets whole lines and tables
     find_binary("mosquitto", "/usr/sbin/mosquitto")
     find_binary("victoria-metrics", "/usr/bin/victoria-metrics")
     scenario = load_scenario(find_scenario(scenario_name))
@@ -234,19 +274,21 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
     children: list[Child] = []
     result: dict[str, Any] = {}
     sim_progress: dict[str, float] = {}
+    plain = not console.is_terminal  # a log file, journald, CI: one line per stage, no live view
     try:
-        with _interrupts_as(stop), contextlib.ExitStack() as stack:
+        with _interrupts_as(stop) as interrupted, contextlib.ExitStack() as stack:
             console.print(f"[bold]lifeline demo[/]: scenario [cyan]{scenario.name}[/] "
                           f"({len(scenario.sensors)} sensors, {len(scenario.townships)} townships); "
                           f"work directory {workdir}", soft_wrap=True)
             broker = stack.enter_context(MosquittoServer(workdir=_sub(workdir, "broker")))
             store = stack.enter_context(VictoriaMetricsServer(workdir=_sub(workdir, "store")))
-            console.print(f"  broker {broker.url}, store {store.url} (InfluxDB v2 write API)")
+            console.print(f"  servers up: broker {broker.url}, store {store.url} (InfluxDB v2 write API)",
+                          soft_wrap=True)
             _warm_kernels(console)
             settings = MqttSettings(url=broker.url, prefix=PREFIX)
             agent_settings = AgentSettings(
                 mqtt_url=broker.url, prefix=PREFIX, state_dir=workdir / "state", run_dir=workdir / "run",
-                agent_keys={"window_s": 10.0, "status_interval_s": 2.0})
+                agent_keys={"window_s": 10.0, "status_interval_s": 2.0, "gap_floor_s": GAP_FLOOR_S})
             configs = write_agent_configs(scenario, workdir / "config", agent_settings)
             gw_config = workdir / "config" / "gateway.toml"
             gw_config.write_text(gateway_toml(broker, store, workdir / "gateway-state"))
@@ -257,14 +299,16 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
             children.append(start_child("gateway", ["gateway", "--config", str(gw_config)], workdir))
             for path in configs:
                 children.append(start_child(path.stem, ["agent", "--config", str(path)], workdir))
-            console.print(f"  started the gateway and {len(configs)} agent(s); logs in {workdir}")
+            console.print(f"  started the gateway and {len(configs)} agent(s); logs in {workdir}",
+                          soft_wrap=True)
             from console.demo import start_demo_console
 
-            ops = start_demo_console(workdir / "console", port=free_port(), broker_url=broker.url, store_url=store.url,
-                                     prefix=PREFIX, scenario=scenario)
+            ops = start_demo_console(workdir / "console", port=free_port(), broker_url=broker.url,
+                                     store_url=store.url, prefix=PREFIX, scenario=scenario)
             stack.callback(ops.stop)
             console.print(f"  ops console: [bold]{ops.url}[/] log in as " + "; ".join(
-                f"[cyan]{user}[/] / [cyan]{password}[/] ({what})" for user, password, what in ops.users), soft_wrap=True)
+                f"[cyan]{user}[/] / [cyan]{password}[/] ({what})" for user, password, what in ops.users),
+                soft_wrap=True)
 
             def simulate() -> None:
                 def progress(p: Any) -> None:
@@ -283,33 +327,61 @@ def run_demo(duration: float | None = None, *, scenario_name: str = "mixed", kee
             sim = threading.Thread(target=simulate, name="demo-simulator", daemon=True)
             sim.start()
             started = time.monotonic()
-            with Live(render(scenario, collector, board, started, sim_progress), console=console,
-                      refresh_per_second=2, transient=False) as live:
-                while not stop.wait(0.5):
-                    for child in children:
-                        child.check_alive()
+            if plain:
+                _follow_plainly(console, scenario, collector, children, stop, started, sim_progress)
+            else:
+                with Live(render(scenario, collector, board, started, sim_progress), console=console,
+                          refresh_per_second=2, transient=False) as live:
+                    while not stop.wait(0.5):
+                        for child in children:
+                            child.check_alive()
+                        live.update(render(scenario, collector, board, started, sim_progress))
                     live.update(render(scenario, collector, board, started, sim_progress))
-                live.update(render(scenario, collector, board, started, sim_progress))
+            early = ", ".join(interrupted)
+            console.print(("stopping early (" + early + "): " if early else "stopping: ")
+                          + "the simulated district first, then the agents once they have processed "
+                          "what it sent, then the gateway once it has stored it"
+                          + (" (Ctrl-C again to stop at once, without a report)" if early else ""),
+                          soft_wrap=True)
             sim.join(30)
             if "error" in result:
                 raise DemoError(f"the simulator failed: {result['error']}") from result["error"]
-            console.print("stopping: letting the agents finish and the gateway store what is left ...")
             agent_ids = [t.agent for t in scenario.townships]
             run: RunResult | None = result.get("run")
-            collector.wait_processed(agent_ids, run.agent_samples if run else 0, timeout_s=20,
-                                     settle_s=2.5, quiet_s=6.0)
+            # Stop the agents as soon as they are done, before the silence of the stopped
+            # simulator looks to them like sensors dropping out (`gap`).
+            collector.wait_processed(agent_ids, run.agent_samples if run else 0, timeout_s=STOP_WAIT_S,
+                                     settle_s=0.3, quiet_s=3.0, check=children[0].check_alive)
             final_samples, _ = collector.processed(agent_ids)
-            for child in children[1:]:
-                child.stop()
+            _stop_together(children[1:])
             stored = _stored_alerts(store, collector, children[0])
             children[0].stop()
-            _report(console, scenario, collector, board, run, final_samples, stored, store, workdir, keep)
+            _report(console, scenario, collector, board, run, final_samples, stored, store, workdir, keep,
+                    stopped_early=early)
         return 0
     finally:
-        for child in children:
-            child.stop()
+        _stop_together(children)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _follow_plainly(console: Console, scenario: Scenario, collector: AlertCollector, children: list[Child],
+                    stop: threading.Event, started: float, sim_progress: dict[str, float]) -> None:
+    """Without a terminal: a line when the agents come online, then one every `PLAIN_EVERY_S`."""
+    online, next_line = -1, started + PLAIN_EVERY_S
+    while not stop.wait(0.5):
+        for child in children:
+            child.check_alive()
+        now_online = _online(collector)
+        if now_online != online and now_online:
+            online = now_online
+            console.print(f"  agents online {online}/{len(scenario.townships)}")
+        if time.monotonic() >= next_line:
+            next_line += PLAIN_EVERY_S
+            samples = sum(int(s.get("samples", 0)) for s in dict(collector.statuses).values())
+            console.print(f"  {time.monotonic() - started:.0f} s: simulated "
+                          f"{sim_progress.get('sim_s', 0):.0f}/{scenario.duration_s:.0f} s, samples "
+                          f"processed {samples:,}, alerts {len(collector.alerts):,}")
 
 
 def _sub(workdir: Path, name: str) -> Path:
@@ -319,11 +391,14 @@ def _sub(workdir: Path, name: str) -> Path:
 
 
 def _warm_kernels(console: Console) -> None:
-    """Compile the detection kernels once (first run only) so the agents start at once."""
-    from edge_agent import precompile
+    """Load (on a cold cache: compile) the detection kernels once, so the agents start at once."""
+    from edge_agent import precompile_kernels
 
-    with console.status("warming the detection kernels (compiles once, then cached) ..."):
-        precompile()
+    with stage_progress("loading the detection kernels", console=console) as on_stage:
+        report = precompile_kernels(on_stage)
+    console.print(f"  kernels ready in {report.seconds:.1f} s"
+                  + (f" (compiled on a cold cache {kernel_cache_dir()}; cached from now on)" if report.cold
+                     else " (from the cache)"), soft_wrap=True)
 
 
 def _stored_alerts(store: VictoriaMetricsServer, collector: AlertCollector, gateway: Child) -> int:
@@ -343,13 +418,13 @@ def _stored_alerts(store: VictoriaMetricsServer, collector: AlertCollector, gate
 
 def _report(console: Console, scenario: Scenario, collector: AlertCollector, board: Board,
             run: RunResult | None, samples: int, stored: int, store: VictoriaMetricsServer,
-            workdir: Path, keep: bool) -> None:
-    """The short report printed at the end."""
+            workdir: Path, keep: bool, *, stopped_early: str = "") -> None:
+    """The short report printed at the end; a run stopped early says so and is scored as far as it got."""
     records = collector.records()
-    after_end = 0
+    after_end: Counter[str] = Counter()
     if run is not None:  # sensors fall silent when the simulator stops: their `gap` faults are not news
-        in_run = [r for r in records if r.ts <= run.truth.t1_ms + 1000]
-        after_end, records = len(records) - len(in_run), in_run
+        after_end = Counter(r.rule for r in records if r.ts > run.truth.t1_ms + 1000)
+        records = [r for r in records if r.ts <= run.truth.t1_ms + 1000]
     raises = [r for r in records if r.level > r.prev]
     by_level = Counter(r.level for r in raises)
     with board.lock:
@@ -357,19 +432,28 @@ def _report(console: Console, scenario: Scenario, collector: AlertCollector, boa
         rows = board.reading_rows
     console.rule("[bold]lifeline demo report")
     simulated = run.report.sim_s if run else 0.0
+    if stopped_early:
+        console.print(f"[bold yellow]stopped early[/] ({stopped_early}) after {simulated:.0f} of "
+                      f"{scenario.duration_s:.0f} s simulated: the figures cover that part of the run, "
+                      f"and events that began in its last {LATE_S:.0f} s are not scored", soft_wrap=True)
     console.print(f"simulated {simulated:.0f} s of district [cyan]{scenario.district}[/]: "
                   f"{len(scenario.sensors)} sensors, samples processed by the agents: {samples:,}")
     console.print("alerts raised by level: " + ", ".join(
         f"{lvl} {LEVEL_NAMES[lvl]}: {by_level.get(lvl, 0)}" for lvl in range(1, 5))
         + f"; cleared: {sum(1 for r in records if r.level == 0)}"
-        + (f" ({after_end} alert(s) after the simulation stopped not counted)" if after_end else ""))
+        + (f" ({after_end.total()} alert(s) after the simulation stopped not counted: "
+           + ", ".join(f"{rule} {n}" for rule, n in after_end.most_common()) + ")" if after_end else ""))
     console.print("alerts routed by tier: " + ", ".join(f"{t}: {tiers.get(t, 0)}" for t in TIERS))
     if run is not None:
-        report: ScoreReport = score(run.truth, records)
+        cut = run.truth.t1_ms - round(LATE_S * 1000) if stopped_early else None
+        report: ScoreReport = score(run.truth, records, cut_ms=cut)
         render_report(report, console)
+        if stopped_early:
+            console.print("(a run stopped early: the goals above are measured on part of the scenario, "
+                          "not a verdict on detection)")
     console.print(f"store: {stored} alert points and {rows} summary rows written to {store.url} "
                   "(measurements `alert` and `reading`, InfluxDB line protocol; read back with "
-                  f"{store.url}/api/v1/export?match[]={{__name__=~\"alert_.*\"}})")
+                  f"{store.url}/api/v1/export?match[]={{__name__=~\"alert_.*\"}})", soft_wrap=True)
     if keep:
         console.print(f"kept: data, configs and logs in {workdir} (servers stopped)")
     else:

@@ -279,9 +279,16 @@ def _ignored(alert: AlertRecord, truth: GroundTruth, sensors: dict[str, TruthSen
     return alert.rule == "gap" or sensor.transport in RECEIVE_STAMPED
 
 
+#: Why a label is not scored when it started after `score`'s `cut_ms`.
+LATE_REASON: Final = "started too close to an early stop to be detected"
+
+
 def score(truth: GroundTruth, alerts: Sequence[AlertRecord],
-          settings: ScoreSettings = ScoreSettings()) -> ScoreReport:
-    """Match alerts to the truth's labels and count detections, delays and false alarms."""
+          settings: ScoreSettings = ScoreSettings(), *, cut_ms: int | None = None) -> ScoreReport:
+    """Match alerts to the truth's labels and count detections, delays and false alarms.
+
+    Labels that start after `cut_ms` (a run stopped early: no time left to detect them) are not
+    scored, and alerts in their windows are not false alarms."""
     sensors = {s.id: s for s in truth.sensors}
     lead_ms, trail_ms = round(settings.lead_s * 1000), round(settings.trail_s * 1000)
     end_ms = truth.t1_ms + trail_ms
@@ -301,6 +308,10 @@ def score(truth: GroundTruth, alerts: Sequence[AlertRecord],
             in_window[label.sensor] |= inside
         if sensor is None:
             reasons["label for a sensor not in the truth"] += 1
+            continue
+        if cut_ms is not None and label.start_ms > cut_ms:
+            unscored[(label.domain, label.cls, label.is_fault)] += 1
+            reasons[LATE_REASON] += 1
             continue
         rules = _scorable_rules(label, sensor, truth.paced)
         if isinstance(rules, str):

@@ -88,8 +88,10 @@ class _LocalServer:
         if self.proc is not None and self.proc.poll() is None:
             return self
         log = self.log_path.open("ab")
+        # Its own process group: a Ctrl-C in the terminal (SIGINT to the foreground group) is for
+        # the program that started it, which stops it last, after its clients are done.
         self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.workdir)
+                                     stdin=subprocess.DEVNULL, cwd=self.workdir, process_group=0)
         log.close()
         try:
             self._wait_ready()

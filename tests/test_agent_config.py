@@ -94,3 +94,46 @@ def test_a_site_position_needs_both_lat_and_lon(tmp_path: Path) -> None:
         load_agent_config(path)
     path.write_text(path.read_text() + "lon = 106.5\n")
     assert load_agent_config(path).sensor[0].lon == 106.5
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('debounce = "3"', "sensor[0].debounce: expected an integer, got the string '3' (write it without quotes)"),
+    ("debounce = 3.0", "sensor[0].debounce: expected an integer, got 3.0"),
+    ('hysteresis = "0.02"', "sensor[0].hysteresis: expected a number, got the string '0.02'"),
+    ('high = ["0.6", 0.7]', "sensor[0].high[0]: expected a number, got the string '0.6'"),
+    ("node = true", "sensor[0].node: expected an integer, got true"),
+    ("gap_s = 1979-05-27", "sensor[0].gap_s: expected a number, got the TOML date/time 1979-05-27"),
+    ("site = 12", "sensor[0].site: expected a string, got 12"),
+])
+def test_values_are_taken_as_toml_types_them(tmp_path: Path, line: str, expected: str) -> None:
+    """A quoted number is a string, not a number: the error says so and names the key."""
+    key = line.split(" = ", 1)[0]
+    keys = {"id": '"S1"', "kind": '"pipe.pressure"', "site": '"x"', "source": '"serial"',
+            "port": '"/dev/ttyUSB0"', "node": "1"}
+    keys[key] = line.split(" = ", 1)[1]
+    code, output = check(tmp_path, HEAD + "[[sensor]]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()))
+    assert code == 2, output
+    assert f"agent.toml: {expected}" in output
+
+
+def test_a_quoted_secret_of_the_wrong_type_is_named_not_shown(tmp_path: Path) -> None:
+    code, output = check(tmp_path, HEAD + '[mqtt]\npassword = 123456\n')
+    assert code == 2 and "mqtt.password: expected a string, got an integer" in output
+    assert "123456" not in output
+
+
+def test_an_unknown_kind_warns_naming_its_rules_and_the_built_in_kinds(tmp_path: Path) -> None:
+    from edge_agent.kernels.params import enabled_rules
+    from edge_agent.kernels.profiles import PROFILES, default_rules
+
+    text = HEAD + sensor() + sensor(id='"S2"', kind='"water.ph"', high="[8.5, 9.0]")
+    code, output = check(tmp_path, text)
+    assert code == 0, output
+    assert "agent.toml: OK: agent 'a1', 2 sensor(s), 1 warning(s)" in output
+    (warning,) = [line for line in output.splitlines() if "warning" in line and "water.ph" in line]
+    assert "sensor[1].kind: 'water.ph' (S2) is not a built-in kind" in warning
+    runs = [*dict.fromkeys(("high", *enabled_rules(default_rules("water.ph"))))]
+    assert f"it runs {', '.join(runs)};" in warning
+    assert all(kind in warning for kind in PROFILES)
+    assert "pipe.pressure" not in output.split("warning", 1)[0]  # the built-in sensor S1 is not warned about
+

@@ -72,6 +72,12 @@ def test_thresholds_end_to_end_with_summaries_status_and_a_clean_stop(
     assert status.extra["sites"] == {"valve-12": [29.5586, 106.5772]}  # for the ops console's map
     assert status.extra["limits"]["T-P-1"] == {"high": [0.6, 0.7, 0.8, 0.9], "low": [0.2, 0.1]}
     assert (status.extra["district"], status.extra["township"]) == ("yuzhong", "jiefangbei")
+    # the harness filled the kernel cache first; T-P-2's anomaly rule (pipe.pressure) still learns
+    # its normal, and T-P-1 (an unknown kind) runs none
+    assert status.extra["cold_cache"] is False and status.extra["kernels_load_s"] < 30
+    assert status.extra["sensors_warming"] == 1
+    agent.wait_log(r"loading kernels 1/\d: detection rules")
+    agent.wait_log(r"kernels loaded from the cache \S+ in")
     started = time.monotonic()
     assert agent.terminate() == 0
     assert time.monotonic() - started < 8

@@ -156,3 +156,24 @@ def test_agent_check_accepts_good_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["agent", "--check", "--config", str(write(tmp_path, CONTRACT_EXAMPLE))])
     assert result.exit_code == 0, result.output
     assert "OK: agent 'yz-jfb-01', 3 sensor(s)" in result.output
+
+
+def test_a_gateway_without_an_id_gets_one_of_its_own(tmp_path: Path) -> None:
+    """Two gateways from two config files never share the default id (and so the client id);
+    the same file gives the same id at every restart."""
+    import socket
+
+    from gateway.link import client_id_for
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write(tmp_path / "a", "[influx]\nbucket = \"lifeline\"\n", "gateway.toml")
+    second = write(tmp_path / "b", "[influx]\nbucket = \"lifeline\"\n", "gateway.toml")
+    a, b = load_gateway_config(first), load_gateway_config(second)
+    assert a.gateway.id != b.gateway.id
+    assert client_id_for(a.mqtt, a.gateway) != client_id_for(b.mqtt, b.gateway)
+    assert a.gateway.id == load_gateway_config(first).gateway.id
+    host = socket.gethostname()
+    assert a.gateway.id.startswith("gw-") and (host[:10] in a.gateway.id or not host.isalnum())
+    named = write(tmp_path, '[gateway]\nid = "gw-centre-1"\n', "named.toml")
+    assert load_gateway_config(named).gateway.id == "gw-centre-1"

@@ -221,3 +221,23 @@ def test_process_rejects_a_malformed_batch() -> None:
         chain.process(np.zeros(4), np.zeros(4), np.array([0], np.int32), np.array([0, 5]))
     with pytest.raises(ValueError, match="times_ms"):
         chain.process(np.zeros(4), np.zeros(3), np.array([0], np.int32), np.array([0, 4]))
+
+
+def test_warming_up_counts_the_sensors_whose_anomaly_rule_still_learns() -> None:
+    """A sensor is warming up until its anomaly rule has seen `warmup_s` of data; kinds without
+    the rule never are."""
+    import numpy as np
+
+    from edge_agent.kernels import RuleChain, rules_from_overrides
+
+    chain = RuleChain([rules_from_overrides("pipe.pressure", {"anomaly": {"warmup_s": 60.0}}),
+                       rules_from_overrides("bridge.accel", {})])  # bridge.accel runs no anomaly rule
+    assert chain.warming_up() == 1
+    n = 31
+    values = np.full(2 * n, 0.4)
+    times = np.concatenate([np.arange(n) * 1000, np.arange(n) * 1000]).astype(np.int64)
+    sensors, starts = np.array([0, 1], dtype=np.int32), np.array([0, n, 2 * n], dtype=np.int64)
+    chain.process(values, times, sensors, starts)  # 30 s of data
+    assert chain.warming_up() == 1
+    chain.process(values, times + n * 1000, sensors, starts)  # 61 s
+    assert chain.warming_up() == 0

@@ -334,6 +334,12 @@ class RuleChain:
         """Current level per (sensor, rule), int8[S, R] with columns in RULE_NAMES order."""
         return self._state.levels.copy()
 
+    def warming_up(self) -> int:
+        """Sensors whose anomaly rule is still learning their normal (younger than `warmup_s`)."""
+        on = (self._params.ip[:, L.IP_ENABLED] >> ANOMALY) & 1 == 1
+        young = self._state.fs[:, L.FS_ANOM_AGE] < self._params.fp[:, L.FP_ANOM_WARMUP]
+        return int(np.count_nonzero(on & young))
+
     def state_arrays(self) -> dict[str, NDArray[np.generic]]:
         """Copies of every state array (and the parameters they were learnt with), to save."""
         st, pa = self._state, self._params

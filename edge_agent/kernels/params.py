@@ -20,6 +20,7 @@ from edge_agent.kernels.codes import (
     N_RULES,
     RANGE,
     RATE,
+    RULE_NAMES,
     SPIKE,
 )
 from edge_agent.kernels.profiles import SensorRules
@@ -51,6 +52,12 @@ def _enabled_mask(r: SensorRules) -> int:
         RANGE: r.range.enabled,
     }
     return sum(1 << code for code, on in flags.items() if on)
+
+
+def enabled_rules(r: SensorRules) -> tuple[str, ...]:
+    """The names of the rules that run for a sensor with rules `r`, in `RULE_NAMES` order."""
+    mask = _enabled_mask(r)
+    return tuple(name for code, name in enumerate(RULE_NAMES) if mask >> code & 1)
 
 
 def _row(r: SensorRules) -> tuple[list[float], list[int]]:
