@@ -344,6 +344,12 @@ class GatewayWatch:
 # --------------------------------------------------------------------------- load and store
 
 
+def owner_of(snapshot: dict[str, Any], sensor: str) -> str | None:
+    """The owner of `sensor` in a registry snapshot, if the gateway knows it."""
+    sensors = snapshot.get("sensors") or {}
+    return dict(zip(sensors.get("sensor", []), sensors.get("owner", []))).get(sensor)
+
+
 def make_alert(tag: str, i: int, *, start_ms: int, agent: str, level: int = 1, prev: int = 0,
                sensor: str | None = None) -> Alert:
     """Alert `i` of a backlog: 40 sensors, three rules, one millisecond apart (unique points)."""
@@ -639,13 +645,21 @@ def run_hijack(store: VictoriaMetricsServer, workdir: Path, *, log: Log = print)
             if (reason := who.publish(*message, retain=retain)) != 0:
                 raise LifelineError(f"the broker refused {message[0]} (reason {reason})")
 
+        # The broker keeps no order between two publishers' messages: each step waits until the
+        # gateway has taken the one before (its registry snapshot, its events), as it would have
+        # over time for a real owner long known before any thief shows up.
         send(owner, status_message(prefix, "yz-a"), retain=True)
         send(owner, (summary_topic(prefix, "yz-a"), make_summary("yz-a", ["GAS-A"], t1, tag="hijack").encode()))
+        if not watch.wait_for(lambda w: owner_of(w.snapshot, "GAS-A") == "yz-a", 60):
+            raise LifelineError(f"the gateway never registered yz-a as GAS-A's owner: {watch.snapshot}")
         send(thief, status_message(prefix, "yz-b"), retain=True)
         future = make_summary("yz-b", ["GAS-B", "GAS-A"], now_ms() + TEN_YEARS_MS, tag="hijack")
         send(thief, (summary_topic(prefix, "yz-b"), future.encode()))  # the hijack of the issue
         in_skew = make_summary("yz-b", ["GAS-B", "GAS-A"], now_ms() - RECENT_MS, tag="hijack")
         send(thief, (summary_topic(prefix, "yz-b"), in_skew.encode()))  # a claim: a conflict
+        if not watch.wait_for(lambda w: any(e.get("event") == "conflict" for e in w.events)
+                              and owner_of(w.snapshot, "GAS-B") == "yz-b", 60):
+            raise LifelineError(f"the thief's claim never reached the gateway: {watch.events}")
         real = Alert(id="yz-a:1", agent="yz-a", sensor="GAS-A", kind="pipe.gas", site="site-1",
                      township=TOWNSHIP, district=DISTRICT, rule="high", level=4, prev=0,
                      value=60.0, ts=now_ms() - RECENT_MS, seq=1, limit=50.0)
@@ -664,8 +678,7 @@ def run_hijack(store: VictoriaMetricsServer, workdir: Path, *, log: Log = print)
         if not watch.wait_for(lambda w: w.counters().get("acked", 0) >= offered
                               and w.counters().get("in_flight", 1) == 0, 60):
             raise LifelineError(f"not everything was acknowledged: {watch.counters()}")
-        sensors = watch.snapshot["sensors"]
-        owner_after = dict(zip(sensors["sensor"], sensors["owner"])).get("GAS-A")
+        owner_after = owner_of(watch.snapshot, "GAS-A")
         counters = gw.stop()
         dead = gw.dead_letters()
         want_alerts: Counter[Any] = Counter({("GAS-A", "high", real.ts): 1})
@@ -678,7 +691,7 @@ def run_hijack(store: VictoriaMetricsServer, workdir: Path, *, log: Log = print)
         # GAS-A, the forged alarm (routed flagged) and the forged level-1 alert.
         expected = want_alerts + want_rows
         return HijackResult(
-            owner_after=owner_after or None,
+            owner_after=owner_after,
             real_routed=real.id in watch.arrivals,
             real_flagged=real.id in watch.flagged,
             forged_flagged=watch.flagged.get(forged.id),

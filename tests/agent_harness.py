@@ -125,8 +125,9 @@ class AgentProcess:
         with self._changed:
             return "\n".join(self.lines)
 
-    def terminate(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM and wait for the exit code."""
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait for the exit code (generous: a loaded machine, libfaketime on every
+        clock read, a flush of the outbox; systemd itself allows 90 s)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout_s)
