@@ -13,8 +13,11 @@ from datetime import datetime, timezone
 from benchmarks.suite import read_section, table_rows, write_section
 
 SECTION = "## Faults"
-HEADER = ("| fault | load while it happened | lost | duplicates in the store | recovery s | command | when (UTC) |\n"
-          "| --- | --- | --- | ---: | ---: | --- | --- |\n")
+HEADER = ("| fault | load while it happened | offered | stored | lost | duplicates in the store | dead-lettered "
+          "| recovery s | command | when (UTC) |\n"
+          "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |\n")
+#: Cells of a row written before the offered, stored and dead-lettered columns.
+_OLD_CELLS = 7
 INTRO = ("Each fault is injected while data flows; afterwards the store is read back and compared with "
          "what was sent. *Lost* must be nothing: every alert and summary row the agent produced is in the "
          "store exactly once. *Recovery* is the time from the end of the fault until data flows again "
@@ -31,16 +34,30 @@ class FaultOutcome:
     duplicates: int
     recovery_s: float | None
     command: str
+    #: What the source produced (e.g. alerts seq 1..last), what the store holds of it, and what
+    #: was set aside for an operator instead of delivered; "-" where a run does not count it.
+    offered: str = "-"
+    stored: str = "-"
+    dead_lettered: str = "-"
 
     def row(self, when: str) -> str:
         recovery = "-" if self.recovery_s is None else f"{self.recovery_s:.1f}"
-        return (f"| {self.fault} | {self.load} | {self.lost} | {self.duplicates} | {recovery} | "
-                f"`{self.command}` | {when} |")
+        return (f"| {self.fault} | {self.load} | {self.offered} | {self.stored} | {self.lost} | "
+                f"{self.duplicates} | {self.dead_lettered} | {recovery} | `{self.command}` | {when} |")
+
+
+def _widened(row: str) -> str:
+    """A row written before the offered, stored and dead-lettered columns, with "-" in them."""
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    if len(cells) != _OLD_CELLS:
+        return row
+    fault, load, lost, duplicates, *rest = cells
+    return "| " + " | ".join([fault, load, "-", "-", lost, duplicates, "-", *rest]) + " |"
 
 
 def write_fault_rows(outcomes: list[FaultOutcome]) -> None:
     """Put these outcomes in the table, replacing rows of the same fault and keeping the others."""
-    rows = table_rows(read_section(SECTION))
+    rows = {fault: _widened(row) for fault, row in table_rows(read_section(SECTION)).items()}
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     for outcome in outcomes:
         rows[outcome.fault] = outcome.row(when)

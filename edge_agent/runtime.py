@@ -34,12 +34,21 @@ from edge_agent.inputs.mqtt_raw import RawMqttInput
 from edge_agent.outbox import OutboundMessage, Outbox, OutboxError
 from edge_agent.pipeline import AgentIdentity, GapSettings, Pipeline, StepResult
 from edge_agent.registry import SensorRegistry
+from edge_agent.statelock import StateDirLock
 
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE: Final = "outbox.sqlite"
 STATE_KEY: Final = "detection"
+#: The state of the sensors that changed level since the last full save (see `Agent._store`).
+DELTA_KEY: Final = "detection-delta"
+#: Levels saved with each alert by versions before the delta (read, never written).
 LEVELS_KEY: Final = "levels"
+#: Agents with at most this many sensors store their full detection state with every output.
+FULL_STATE_SENSORS: Final = 64
+#: Otherwise the full state goes with a summary, a periodic save, or the first alert after this
+#: many seconds; other alerts take only the state of the sensors that changed level since.
+FULL_STATE_EVERY_S: Final = 2.0
 #: Seconds the uplink may take to drain on shutdown.
 STOP_TIMEOUT_S: Final = 3.0
 #: Disk space (bytes) the outbox holds back beside it, given up when the disk is full so the
@@ -123,6 +132,7 @@ class Agent:
             rules = [sensor_rules(s, i) for i, s in enumerate(config.sensor)]
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        self.state_lock = StateDirLock(Path(a.state_dir), agent_id=a.id).acquire()
         self.outbox = Outbox(Path(a.state_dir) / OUTBOX_FILE, max_messages=a.outbox_max_messages,
                              reserve_bytes=OUTBOX_RESERVE_BYTES)
         self.pipeline = Pipeline(
@@ -133,8 +143,12 @@ class Agent:
             expected_period_s=[s.period_s if s.source == "modbus" else None for s in config.sensor],
             last_alert_seq=self.outbox.last_alert_seq,
         )
-        if self.pipeline.restore(self.outbox.load_state(STATE_KEY), self.outbox.load_state(LEVELS_KEY)):
+        if self.pipeline.restore(self.outbox.load_state(STATE_KEY), self.outbox.load_state(LEVELS_KEY),
+                                 delta=self.outbox.load_state(DELTA_KEY)):
             log.info("resumed detection state; last alert seq %d", self.outbox.last_alert_seq)
+        #: Sensors whose level changed since the last full save, and when that save was.
+        self._changed_sensors: set[int] = set()
+        self._full_saved_at = -float("inf")
         self.ingress = Ingress()
         self.raw_input: RawMqttInput | None = None
         if self.registry.mqtt_sensors():
@@ -159,6 +173,7 @@ class Agent:
         self._errors = ThrottledWarnings(log)
         self._step_errors = 0
         self._prefix = config.mqtt.prefix
+        self._save_state()  # every later delta lies over a full state of this config
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -233,6 +248,7 @@ class Agent:
         self.uplink.stop(timeout_s=STOP_TIMEOUT_S)
         pending = self.outbox.counters()
         self.outbox.close()
+        self.state_lock.release()
         log.info("agent %s stopped; %d alert(s) and %d summary(ies) wait in the outbox",
                  self.config.agent.id, pending.pending_alerts, pending.pending_summaries)
         return 0
@@ -260,22 +276,42 @@ class Agent:
                                             result.summary.encode(), "summary"))
         if not messages:
             return
-        state = {LEVELS_KEY: self.pipeline.levels_blob()} if result.alerts else None
+        changed = self._changed_sensors | {self.registry.index[a.sensor] for a in result.alerts}
+        state = self._state_with(result, changed)
         try:
             self.outbox.append(messages, last_alert_seq=self.pipeline.last_alert_seq if result.alerts
                                else None, state=state)
         except OutboxError as exc:
             log.error("%s; %d alert(s) of this batch are lost", exc, len(result.alerts))
             return
+        self._changed_sensors = set() if STATE_KEY in state else changed
+        if STATE_KEY in state:
+            self._full_saved_at = time.monotonic()
         self.uplink.wake()
         _log_alerts(result.alerts)
 
+    def _state_with(self, result: StepResult, changed: set[int]) -> dict[str, bytes]:
+        """The detection state that goes into the outbox with this step's output, so what is
+        stored is always the state that produced it: `kill -9` then neither repeats nor drops
+        an alert. Full (and the delta emptied) with a summary (every sensor's window restarts),
+        for a small agent, or every `FULL_STATE_EVERY_S`; else the state of the sensors whose
+        level changed since the last full save, which `restore` lays over it. The samples of
+        other sensors since that save are what a restart loses, as if they came while it was down."""
+        full = (result.summary is not None or len(self.registry) <= FULL_STATE_SENSORS
+                or time.monotonic() - self._full_saved_at >= FULL_STATE_EVERY_S
+                or 2 * len(changed) >= len(self.registry))
+        if full:
+            return {STATE_KEY: self.pipeline.state_blob(), DELTA_KEY: b""}
+        return {DELTA_KEY: self.pipeline.state_blob(changed)}
+
     def _save_state(self) -> None:
         try:
-            self.outbox.append([], state={STATE_KEY: self.pipeline.state_blob(),
-                                          LEVELS_KEY: self.pipeline.levels_blob()})
+            self.outbox.append([], state={STATE_KEY: self.pipeline.state_blob(), DELTA_KEY: b""})
         except OutboxError as exc:
             self._errors.warn("save", f"cannot save detection state: {exc}")
+            return
+        self._changed_sensors = set()
+        self._full_saved_at = time.monotonic()
 
     # ------------------------------------------------------------------ status
 

@@ -1,0 +1,429 @@
+"""Faults of the agent's own state (issue 13), each against real `lifeline agent` processes, a real
+`lifeline gateway`, real Mosquitto and real VictoriaMetrics: what the agents offered (alert seq
+1..last) is read back from the store.
+
+- outbox damage: the outbox file zero-length, with a garbage header, truncated, or with one
+  corrupted page, found on start (a power cut on an SD card) or while running;
+- a second agent on the same state directory;
+- `kill -9` mid-stream: a replay of recorded input, killed and restarted, against the same
+  replay uninterrupted;
+- a client-id takeover: two agents with the same id and client id (a cloned SD card);
+- a flood of RawBlocks for sensor ids the agent does not know (the log throttle's memory).
+
+`python -m benchmarks.faults_agent_state [--write] [--fault NAME ...]` runs them at a realistic
+size and with --write puts their rows in RESULTS.md's "## Faults" table;
+`tests/test_agent_state_faults.py` runs the same scenarios small. `benchmarks.faults_agent` (and so
+`lifeline bench`) runs them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from benchmarks.fault_table import FaultOutcome, write_fault_rows
+from edge_agent.contract import Alert, Status
+from edge_agent.outbox import Outbox
+from edge_agent.runtime import OUTBOX_FILE
+from simulators.demo import Child, gateway_toml, start_child
+from simulators.servers import MosquittoServer, VictoriaMetricsServer
+from tests.agent_harness import AgentProcess, Collector, Publisher, write_config
+
+COMMAND: Final = "python -m benchmarks.faults_agent_state --write"
+PREFIX: Final = "lifeline/v1"
+WAIT_S: Final = 60.0
+#: Rules of the replayed sensors: four graded levels with debounce, and the profile's stateful
+#: rules (rate, anomaly, drift, flatline, spike) on, so a restart has more than levels to get right.
+REPLAY_RULES: Final[dict[str, Any]] = {"kind": "flood.level", "high": [60.0, 70.0, 80.0, 90.0],
+                                       "hysteresis": 2.0, "debounce": 3, "gap_s": 3600.0}
+#: One level raised by one sample and nothing else, for scenarios that only count alerts.
+SIMPLE_RULES: Final[dict[str, Any]] = {
+    "kind": "flood.level", "high": [60.0], "hysteresis": 5.0, "debounce": 1, "gap_s": 3600.0,
+    "rules": {"rate": {"enabled": False}, "spike": {"enabled": False}, "anomaly": {"enabled": False},
+              "drift": {"enabled": False}, "flatline": {"enabled": False}}}
+NORMAL, HIGH = 30.0, 75.0
+
+
+@dataclass
+class StateFaultRun:
+    """What one scenario saw: its table row and the facts the tests assert on."""
+
+    outcome: FaultOutcome
+    facts: dict[str, Any] = field(default_factory=dict)
+    log: str = ""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------- the centre: gateway and store
+
+
+class Centre:
+    """A `lifeline gateway` process between the broker and the store, and what the store holds."""
+
+    def __init__(self, workdir: Path, broker: MosquittoServer, store: VictoriaMetricsServer, *,
+                 gateway_id: str) -> None:
+        self.workdir = workdir
+        self.broker = broker
+        self.store = store
+        self.since_ms = now_ms() - 3 * 3600_000  # replays stamp their samples up to 2 h back
+        config = workdir / f"{gateway_id}.toml"
+        config.write_text(gateway_toml(broker, store).replace('id = "demo-gateway"', f'id = "{gateway_id}"')
+                          + 'unknown_agents = "accept"\n', encoding="utf-8")
+        self.gateway_id = gateway_id
+        self.child: Child = start_child(gateway_id, ["gateway", "--config", str(config)], workdir)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self) -> None:
+        """Until a probe status went through the gateway into the store: the path works end to end."""
+        probe = f"{self.gateway_id}-probe"
+        publisher = Publisher(self.broker.port, client_id=probe)
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                self.child.check_alive()
+                publisher.raw(f"{PREFIX}/status/{probe}", Status(probe, "online", now_ms()).encode())
+                try:
+                    if self.store.export(f'{{__name__=~"agent_status_.*", agent="{probe}"}}'):
+                        return
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the gateway stored nothing within {WAIT_S:.0f} s; its log:\n"
+                                         + self.log()[-2000:])
+                time.sleep(0.5)  # the store has no change event to wait on
+        finally:
+            publisher.close()
+
+    def log(self) -> str:
+        return self.child.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        self.child.stop()
+
+    def __enter__(self) -> Centre:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def alert_points(self, sensors: Sequence[str]) -> list[tuple[str, str, int, int]]:
+        """(sensor, rule, ts, seq) of every stored alert point of these sensors."""
+        wanted = set(sensors)
+        out = []
+        for series in self.store.export('{__name__="alert_seq"}', start_ms=self.since_ms):
+            sensor = series.metric.get("sensor", "")
+            if sensor in wanted:
+                out += [(sensor, series.metric.get("rule", ""), int(t), int(v))
+                        for t, v in zip(series.timestamps, series.values, strict=True)]
+        return out
+
+    def wait_stored(self, sensors: Sequence[str], expected: int, timeout_s: float = WAIT_S) -> list[
+            tuple[str, str, int, int]]:
+        """The stored alert points of `sensors` once there are `expected` (or what is there at the
+        timeout, for the caller to report)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.child.check_alive()
+            try:
+                points = self.alert_points(sensors)
+            except OSError:
+                points = []
+            if len(points) >= expected:
+                return points
+            if time.monotonic() > deadline:
+                print(f"  the store holds {len(points)} of {expected} alert points; gateway log:\n"
+                      + self.log()[-1500:], flush=True)
+                return points
+            time.sleep(0.3)  # the store has no change event to wait on
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Alerts offered (seq 1..last) against what the store holds and what the tap saw."""
+
+    offered: int
+    stored: int
+    lost: int
+    duplicated: int
+
+    @classmethod
+    def of(cls, last_seq: int, points: Sequence[tuple[str, str, int, int]], tapped: Sequence[Alert]) -> Tally:
+        seqs = Counter(seq for *_, seq in points)
+        expected = set(range(1, last_seq + 1))
+        stored = len(expected & seqs.keys())
+        extra = sum(n for s, n in seqs.items() if s not in expected) + sum(n - 1 for n in seqs.values() if n > 1)
+        events = Counter((a.sensor, a.rule, a.ts, a.level) for a in {a.id: a for a in tapped}.values())
+        repeated = sum(n - 1 for n in events.values())
+        return cls(last_seq, stored, last_seq - stored, extra + repeated)
+
+    def lost_text(self) -> str:
+        return "nothing" if self.lost == 0 else f"{self.lost} alert(s)"
+
+
+def tapped_alerts(collector: Collector, agent: str) -> list[Alert]:
+    with collector._changed:  # noqa: SLF001 (the harness's lock)
+        return [a for a in collector.alerts if a.agent == agent]
+
+
+def latest_status(collector: Collector, agent: str, after_ms: int = 0) -> dict[str, Any]:
+    """The agent's latest online status sent after `after_ms` ({} if none)."""
+    with collector._changed:  # noqa: SLF001
+        for status in reversed(collector.status):
+            if status.agent == agent and status.state == "online" and status.ts > after_ms:
+                return dict(status.extra)
+    return {}
+
+
+def wait_status(collector: Collector, agent: str, predicate: Callable[[dict[str, Any]], bool],
+                what: str, timeout_s: float = WAIT_S, *, after_ms: int = 0) -> dict[str, Any]:
+    """The agent's latest online status (sent after `after_ms`) once `predicate` holds for it
+    (AssertionError on timeout)."""
+    ok = collector.wait_for(lambda c: predicate(latest_status(c, agent, after_ms)), timeout_s)
+    status = latest_status(collector, agent, after_ms)
+    assert ok, f"timed out waiting for {what}; last status of {agent}: {status}"
+    return status
+
+
+def level_chains_ok(alerts: Sequence[Alert]) -> list[str]:
+    """Where the alerts of one (sensor, rule), in seq order, do not chain (each `prev` the level
+    before): a repeated raise or a lost clear."""
+    level: dict[tuple[str, str], int] = {}
+    broken = []
+    for a in sorted({a.id: a for a in alerts}.values(), key=lambda a: a.seq):
+        key = (a.sensor, a.rule)
+        if a.prev != level.get(key, 0):
+            broken.append(f"seq {a.seq} {a.sensor} {a.rule} {a.prev}->{a.level} after level {level.get(key, 0)}")
+        level[key] = a.level
+    return broken
+
+
+# ---------------------------------------------------------------- a recorded input
+
+
+@dataclass(frozen=True)
+class Recording:
+    """Blocks of sender-stamped samples, one list per step, all sensors in every step."""
+
+    sensors: tuple[str, ...]
+    steps: tuple[tuple[tuple[str, tuple[float, ...], int], ...], ...]  # (sensor, values, t0)
+
+    @classmethod
+    def make(cls, sensors: Sequence[str], *, steps: int, per_block: int = 5, dt_ms: int = 1000,
+             seed: int = 13) -> Recording:
+        """A random walk around NORMAL per sensor with excursions of 1-8 samples to 62-95 (some
+        shorter than the debounce), stamped from 2 h ago in 1 s steps."""
+        rng = np.random.default_rng(seed)
+        t0 = now_ms() - 2 * 3600_000
+        series = {}
+        n = steps * per_block
+        for sensor in sensors:
+            values = NORMAL + np.cumsum(rng.normal(0.0, 0.3, n)).clip(-10, 10)
+            at = 0
+            while at < n:
+                at += int(rng.integers(10, 40))
+                length = int(rng.integers(1, 9))
+                values[at:at + length] = rng.uniform(62.0, 95.0)
+                at += length
+            series[sensor] = values
+        out = []
+        for step in range(steps):
+            lo = step * per_block
+            out.append(tuple((s, tuple(float(v) for v in series[s][lo:lo + per_block]), t0 + lo * dt_ms)
+                             for s in sensors))
+        return cls(tuple(sensors), tuple(out))
+
+    def renamed(self, names: Sequence[str]) -> Recording:
+        """The same samples under other sensor ids."""
+        rename = dict(zip(self.sensors, names, strict=True))
+        return Recording(tuple(names), tuple(tuple((rename[s], v, t) for s, v, t in step)
+                                             for step in self.steps))
+
+    def samples(self, steps: range) -> int:
+        return sum(len(v) for i in steps for _, v, _ in self.steps[i])
+
+
+def replay(publisher: Publisher, recording: Recording, steps: range, *, last: str | None = None) -> None:
+    """Publish these steps (QoS 1, each block PUBACKed before the next); `last`: that sensor's
+    block goes last in its step (per sensor the order of samples is the same)."""
+    for i in steps:
+        step = sorted(recording.steps[i], key=lambda block: block[0] == last)
+        for sensor, values, t0 in step:
+            publisher.block(sensor, list(values), t0=t0, dt=1000.0, seq=i)
+
+
+def events(alerts: Sequence[Alert], sensors: Sequence[str]) -> Counter[tuple[Any, ...]]:
+    """Alerts as (sensor index, rule, prev, level, ts, value), so two runs under other names
+    compare (seq depends on how samples were batched, so it is left out)."""
+    index = {s: i for i, s in enumerate(sensors)}
+    return Counter((index[a.sensor], a.rule, a.prev, a.level, a.ts, round(a.value, 9))
+                   for a in {a.id: a for a in alerts}.values())
+
+
+def wait_settled(collector: Collector, agent: str, after_ms: int, timeout_s: float = WAIT_S) -> dict[str, Any]:
+    """The agent's status once two statuses sent after `after_ms` show the same samples count and
+    an empty outbox: what reached it is processed and sent."""
+    seen: list[dict[str, Any]] = []
+
+    def settled(c: Collector) -> bool:
+        with c._changed:  # noqa: SLF001
+            rows = [dict(s.extra) for s in c.status if s.agent == agent and s.state == "online" and s.ts > after_ms]
+        seen[:] = rows[-2:]
+        return len(rows) >= 2 and rows[-1].get("samples") == rows[-2].get("samples") \
+            and rows[-1].get("backlog") == 0
+    assert collector.wait_for(settled, timeout_s), f"{agent} did not settle: {seen}"
+    return seen[-1]
+
+
+# ---------------------------------------------------------------- kill -9 mid-stream
+
+
+def kill9_replay(workdir: Path, broker: MosquittoServer, store: VictoriaMetricsServer, *,
+                 sensors: int = 8, steps: int = 120, seed: int = 13) -> StateFaultRun:
+    """A recorded input replayed into one agent without interruption and into another that is
+    `kill -9`ed right after storing an alert mid-stream, restarted on the same state, and given
+    the rest of the replay: both must raise the same alerts (nothing was sent while it was down).
+    Then a second kill at a random point while more input flows: samples sent while it is down
+    are lost, as they would be, but every (sensor, rule)'s alerts must still chain (no repeated
+    raise, no lost clear), seq stays contiguous, and the store holds each alert once."""
+    base = Recording.make([f"K{i:02d}" for i in range(sensors)], steps=steps, seed=seed)
+    runs = {name: base.renamed([f"{name.upper()}-{s}" for s in base.sensors]) for name in ("k9a", "k9b")}
+    with contextlib.ExitStack() as stack:
+        centre = stack.enter_context(Centre(workdir, broker, store, gateway_id="k9-gateway"))
+        collector = Collector(broker.port, client_id="k9-collector")
+        stack.callback(collector.close)
+        publisher = Publisher(broker.port, client_id="k9-publisher")
+        stack.callback(publisher.close)
+        configs = {name: write_config(
+            workdir / f"{name}.toml", agent=name, broker_url=broker.url, state_dir=workdir / name,
+            agent_extra="state_save_s = 3600",  # only what goes with alerts and summaries counts
+            sensors=[{"id": s, "site": "basin", **REPLAY_RULES} for s in runs[name].sensors])
+            for name in runs}
+
+        started: dict[str, int] = {}
+
+        def start(name: str) -> AgentProcess:
+            agent = AgentProcess(configs[name])
+            stack.callback(agent.close)
+            started[name] = now_ms()
+            agent.start().wait_log(r"raw input connected")
+            return agent
+
+        a = start("k9a")  # the uninterrupted run
+        replay(publisher, runs["k9a"], range(steps))
+        wait_status(collector, "k9a", lambda st: st.get("samples", 0) >= base.samples(range(steps)),
+                    "k9a to process the replay")
+        assert a.terminate() == 0
+        reference = events(tapped_alerts(collector, "k9a"), runs["k9a"].sensors)
+        assert sum(reference.values()) >= 10, f"the recording raised too little to test: {reference}"
+        # the interrupted run, killed just after storing the alert nearest the middle of the replay
+        middle = sorted(reference, key=lambda e: e[4])[sum(reference.values()) // 2]
+        sensor_b = runs["k9b"].sensors[middle[0]]
+        cut = next(i for i, step in enumerate(runs["k9b"].steps) for s, v, t0 in step
+                   if s == sensor_b and t0 <= middle[4] < t0 + 1000 * len(v))
+        b = start("k9b")
+        replay(publisher, runs["k9b"], range(cut))
+        line = len(b.lines)
+        replay(publisher, runs["k9b"], range(cut, cut + 1), last=sensor_b)
+        b.wait_log(rf"alert seq=\d+ {sensor_b} \S+ {middle[1]} level {middle[2]} -> {middle[3]} ", since=line)
+        b.kill()
+        killed = time.monotonic()
+        b = start("k9b")
+        resume_s = time.monotonic() - killed
+        replay(publisher, runs["k9b"], range(cut + 1, steps))
+        wait_status(collector, "k9b", lambda st: st.get("samples", 0) >= base.samples(range(cut + 1, steps)),
+                    "k9b to process the rest of the replay", after_ms=started["k9b"])
+        resumed = events(tapped_alerts(collector, "k9b"), runs["k9b"].sensors)
+        # a second kill at a random point while more input flows
+        more = Recording.make(base.sensors, steps=steps, seed=seed + 1).renamed(runs["k9b"].sensors)
+        more = Recording(more.sensors, tuple(tuple((s, v, t + steps * 5000) for s, v, t in step)
+                                             for step in more.steps))
+        kill_after = random.Random(seed).randrange(steps // 4, 3 * steps // 4)
+        sender = threading.Thread(target=replay, args=(publisher, more, range(steps)), daemon=True)
+        sender.start()
+        wait_status(collector, "k9b", lambda st: st.get("samples", 0) >= base.samples(range(cut + 1, steps))
+                    + more.samples(range(kill_after)), "k9b to take part of the second replay",
+                    after_ms=started["k9b"])
+        b.kill()
+        b = start("k9b")
+        sender.join(WAIT_S)
+        wait_settled(collector, "k9b", now_ms())
+        assert b.terminate() == 0
+        alerts_b = tapped_alerts(collector, "k9b")
+        with Outbox(workdir / "k9b" / OUTBOX_FILE, max_messages=1_000_000) as box:
+            last = box.last_alert_seq
+        tally = Tally.of(last, centre.wait_stored(runs["k9b"].sensors, last), alerts_b)
+        same = resumed == reference
+        chains = level_chains_ok(alerts_b)
+        seqs = sorted({a.id: a.seq for a in alerts_b}.values())
+        problems = ([] if same else ["differs from the uninterrupted run"]) + \
+            ([f"{len(chains)} broken raise/clear chains"] if chains else []) + \
+            ([] if seqs == list(range(1, last + 1)) else ["seq not contiguous"])
+        outcome = FaultOutcome(
+            "agent kill -9 mid-stream, restarted on its state",
+            f"{sensors} sensors x {steps * 5} samples replayed (4 levels, debounce 3, rate/anomaly/drift "
+            f"on): killed after an alert mid-replay (same {sum(reference.values())} alerts as the "
+            f"uninterrupted run: {'yes' if same else 'NO'}), then at a random point of a second replay",
+            "; ".join([tally.lost_text(), *problems]), tally.duplicated, resume_s, COMMAND,
+            offered=f"{tally.offered} alerts", stored=f"{tally.stored}", dead_lettered="0")
+        return StateFaultRun(outcome, {
+            "reference": reference, "resumed": resumed, "same": same, "chains": chains, "tally": tally,
+            "seqs": seqs, "cut": cut, "last_seq": last,
+        }, b.log_text())
+
+
+# ---------------------------------------------------------------- the command
+
+
+SCENARIOS: Final[dict[str, Callable[[Path, MosquittoServer, VictoriaMetricsServer], StateFaultRun]]] = {
+    "kill9": lambda d, b, s: kill9_replay(d, b, s, sensors=20, steps=300),
+}
+
+
+def run_all(names: Sequence[str]) -> list[FaultOutcome]:
+    """Run the named scenarios (all by default) with their own servers; print and return the rows."""
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="faults-state-") as tmp, \
+            MosquittoServer() as broker, VictoriaMetricsServer() as store:
+        for name in names or SCENARIOS:
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            result = SCENARIOS[name](workdir, broker, store)
+            outcomes.append(result.outcome)
+            print(result.outcome.row(time.strftime("%Y-%m-%d %H:%M", time.gmtime())), flush=True)
+    return outcomes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="put the rows in benchmarks/RESULTS.md")
+    parser.add_argument("--fault", nargs="*", choices=sorted(SCENARIOS), default=[], help="only these")
+    args = parser.parse_args()
+    outcomes = run_all(args.fault)
+    if args.write:
+        write_fault_rows(outcomes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
