@@ -23,7 +23,7 @@ import contextlib
 import os
 import random
 import re
-import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -36,8 +36,9 @@ from typing import Any, Final
 import numpy as np
 
 from benchmarks.fault_table import FaultOutcome, write_fault_rows
-from edge_agent.contract import Alert, Status
-from edge_agent.outbox import Outbox
+from benchmarks.faults_agent import RawFeeder
+from edge_agent.contract import Alert, Status, Summary
+from edge_agent.outbox import OutboundMessage, Outbox
 from edge_agent.runtime import OUTBOX_FILE
 from simulators.demo import Child, gateway_toml, start_child
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
@@ -56,6 +57,8 @@ SIMPLE_RULES: Final[dict[str, Any]] = {
     "rules": {"rate": {"enabled": False}, "spike": {"enabled": False}, "anomaly": {"enabled": False},
               "drift": {"enabled": False}, "flatline": {"enabled": False}}}
 NORMAL, HIGH = 30.0, 75.0
+#: Summaries waiting in the outbox before the mid-run damage: bigger than SQLite's page cache.
+MID_RUN_BACKLOG: Final = 4000
 
 
 @dataclass
@@ -218,6 +221,185 @@ def level_chains_ok(alerts: Sequence[Alert]) -> list[str]:
     return broken
 
 
+# ---------------------------------------------------------------- outbox damage
+
+
+DAMAGE_FORMS: Final = ("zero-length", "garbage header", "truncated", "corrupted page")
+
+
+def settle_outbox(path: Path) -> None:
+    """Fold the WAL of a stopped (or killed) agent's outbox into the file, so damage to the file
+    hits all of its rows."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+def table_leaf_pages(path: Path) -> list[int]:
+    """Page numbers of the outbox table's leaf pages, in page order (SQLite's dbstat table)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return sorted(int(p) for (p,) in db.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'outbox' AND pagetype = 'leaf'"))
+
+
+def damage_outbox(path: Path, form: str, *, seed: int = 13, page: int | None = None) -> str:
+    """Damage an outbox file as a power cut on an SD card can; returns what was done.
+
+    zero-length: the file emptied; garbage header: its first 100 bytes random; truncated: cut
+    in the middle; corrupted page: one leaf page of the table (the middle one, or `page`) random.
+    """
+    rng = random.Random(seed)
+    size = path.stat().st_size
+    if form == "zero-length":
+        os.truncate(path, 0)
+        return f"emptied ({size:,} bytes before)"
+    if form == "garbage header":
+        with open(path, "r+b") as f:
+            f.write(rng.randbytes(100))
+        return "first 100 bytes overwritten"
+    if form == "truncated":
+        os.truncate(path, size // 2)
+        return f"cut to {size // 2:,} of {size:,} bytes"
+    if form == "corrupted page":
+        leaves = table_leaf_pages(path)
+        victim = page if page is not None else leaves[len(leaves) // 2]
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        with open(path, "r+b") as f:
+            f.seek((victim - 1) * page_size)
+            f.write(rng.randbytes(page_size))
+            f.flush()
+            os.fsync(f.fileno())
+        return f"page {victim} of {size // page_size} (a table leaf) overwritten"
+    raise ValueError(f"unknown damage {form!r}; one of {', '.join(DAMAGE_FORMS)}")
+
+
+ALERT_LINE: Final = re.compile(r"alert seq=(\d+) (\S+) \S+ (\S+) level (\d) -> (\d) value=\S+ id=(\S+)")
+
+
+def logged_alerts(log_text: str) -> dict[str, tuple[str, str, int]]:
+    """Alert id -> (sensor, rule, ts key) of every alert an agent logged (it logs each once it is stored)."""
+    out = {}
+    for match in ALERT_LINE.finditer(log_text):
+        alert_id = match.group(6)
+        out[alert_id] = (match.group(2), match.group(3), int(alert_id.rsplit("@", 1)[1]))
+    return out
+
+
+def synthetic_backlog(path: Path, agent: str, sensors: Sequence[str], *, rows: int, start_ms: int) -> None:
+    """Summaries of an earlier outage, as the agent would have left them in its outbox (bigger
+    than SQLite's page cache, so a page damaged under the running agent is read from disk again)."""
+    n = len(sensors)
+    with Outbox(path, max_messages=1_000_000) as box:
+        for i in range(rows):
+            t0 = start_ms + i * 1000
+            summary = Summary(agent=agent, township="jiefangbei", district="yuzhong", t0=t0, t1=t0 + 1000,
+                              sensor=list(sensors), kind=["flood.level"] * n, site=["basin"] * n,
+                              n=np.full(n, 10, dtype=np.int64), min=np.full(n, NORMAL - 1.0),
+                              max=np.full(n, NORMAL + 1.0), mean=np.full(n, NORMAL), last=np.full(n, NORMAL))
+            box.append([OutboundMessage(f"{PREFIX}/summary/{agent}", summary.encode(), "summary")])
+
+
+def outbox_damage(workdir: Path, field: MosquittoServer, store: VictoriaMetricsServer, *, form: str,
+                  mid_run: bool = False, sensors: int = 10, backlog_alerts: int = 20,
+                  after_alerts: int = 10) -> StateFaultRun:
+    """The agent's outbox is damaged while alerts and summaries wait in it (the uplink is down):
+    on a restart after a power cut (`form` applied to the file of the killed agent), or under the
+    running agent (`mid_run`: one page of an old backlog corrupted, found when the uplink returns
+    and reads it). The agent must keep detecting and sending, save what the file still holds,
+    and show the fault in its status."""
+    slug = ("mid-" if mid_run else "") + form.replace(" ", "-")
+    agent_id = f"od-{slug}"
+    ids = [f"OD-{slug}-{i:02d}"[:64] for i in range(sensors)]
+    state_dir = workdir / "state"
+    with contextlib.ExitStack() as stack:
+        (workdir / "uplink").mkdir(exist_ok=True)
+        uplink = stack.enter_context(MosquittoServer(workdir=workdir / "uplink"))
+        centre = stack.enter_context(Centre(workdir, uplink, store, gateway_id=f"gw-{agent_id}"))
+        config = write_config(
+            workdir / "agent.toml", agent=agent_id, broker_url=uplink.url, state_dir=state_dir,
+            agent_extra="window_s = 0.5\nstate_save_s = 1.0", mqtt_extra="reconnect_max_s = 1.0",
+            extra=f'[raw_mqtt]\nurl = "{field.url}"\n',
+            sensors=[{"id": s, "site": "basin", **SIMPLE_RULES} for s in ids])
+        collector = Collector(uplink.port, client_id=f"{agent_id}-collector")  # reconnects by itself
+        stack.callback(collector.close)
+        if mid_run:  # the outage began before the start, with a big backlog the agent has not read since
+            synthetic_backlog(state_dir / OUTBOX_FILE, agent_id, ids, rows=MID_RUN_BACKLOG,
+                              start_ms=now_ms() - 2 * 3600_000)
+            uplink.terminate()
+        incarnations: list[AgentProcess] = []
+
+        def start() -> AgentProcess:
+            agent = AgentProcess(config)
+            stack.callback(agent.close)
+            incarnations.append(agent)
+            agent.start().wait_log(r"raw input connected")
+            return agent
+
+        feeder = RawFeeder(field.port, ids, period_s=0.1, client_id=f"{agent_id}-feeder")
+        stack.callback(feeder.close)
+        agent = start()
+
+        def alerts(count: int, first: int) -> None:
+            """`count` alerts (raise and clear in turn) on the sensors from `first`, each once stored."""
+            for k in range(count // 2):
+                sensor = ids[(first + k) % len(ids)]
+                line = len(agent.lines)
+                feeder.raise_high(sensor, blocks=2)
+                agent.wait_log(rf"alert seq=\d+ {sensor} \S+ high level 1 -> 0 ", since=line)
+
+        alerts(4, 0)
+        if not mid_run:
+            assert collector.wait_for(lambda c: len(c.alerts) >= 4, WAIT_S), "nothing reached the uplink"
+            uplink.terminate()   # an outage: alerts and summaries wait in the outbox from here
+        alerts(backlog_alerts, 4)
+        if mid_run:
+            leaves = table_leaf_pages(state_dir / OUTBOX_FILE)
+            done = damage_outbox(state_dir / OUTBOX_FILE, "corrupted page", page=leaves[len(leaves) // 10])
+        else:
+            agent.kill()   # the power cut
+            settle_outbox(state_dir / OUTBOX_FILE)
+            done = damage_outbox(state_dir / OUTBOX_FILE, form)
+            agent = start()   # must come up, not exit 2
+            agent.wait_log(r"outbox .* was damaged")
+        damaged_at, damaged_line = time.monotonic(), len(agent.lines)
+        alerts(after_alerts, 4 + backlog_alerts)
+        uplink.start()
+        if mid_run:
+            agent.wait_log(r"outbox .* was damaged", WAIT_S)
+        status = wait_status(collector, agent_id, lambda st: st.get("backlog", 1) == 0 and
+                             "outbox_damaged" in st.get("faults", []), "the backlog to drain with the fault shown")
+        recovery_s = time.monotonic() - damaged_at
+        offered = logged_alerts("\n".join(a.log_text() for a in incarnations))
+        after = logged_alerts("\n".join(agent.lines[damaged_line:]))
+        points = centre.wait_stored(ids, len(offered), timeout_s=15)
+        running = agent.proc is not None and agent.proc.poll() is None
+        assert agent.terminate() == 0
+        stored = {(s, r, t) for s, r, t, _ in points}
+        missing = {i for i, key in offered.items() if key not in stored}
+        lost_new = len(missing & after.keys())
+        destroyed = len(missing) - lost_new
+        repeated = sum(n - 1 for n in Counter((s, r, t) for s, r, t, _ in points).values())
+        report = (status.get("outbox_damage") or [{}])[-1]
+        unreadable = int(report.get("unreadable", -1))
+        where = "under the running agent, found when the uplink returned" if mid_run else "found on restart"
+        outcome = FaultOutcome(
+            f"agent outbox damaged: {'one corrupted page under the running agent' if mid_run else form}",
+            f"{sensors} sensors x 10 blocks/s, summaries every 0.5 s; uplink down with {backlog_alerts} "
+            f"alerts waiting{f' behind {MID_RUN_BACKLOG:,} older summaries' if mid_run else ''}; kill -9 and {done}"
+            .replace("kill -9 and ", "" if mid_run else "kill -9 and ") + f"; {where}",
+            "nothing" if not missing else
+            f"{lost_new} of the {len(after)} alerts after the damage; {destroyed} waiting alert(s) went with "
+            f"the damaged {'file content' if form == 'zero-length' and not mid_run else 'page'}",
+            repeated, recovery_s, COMMAND, offered=f"{len(offered)} alerts", stored=str(len(offered) - len(missing)),
+            dead_lettered=("-" if unreadable < 0 else str(unreadable)) + " unreadable row(s) kept in the "
+                          "moved-aside file")
+        return StateFaultRun(outcome, {
+            "status": status, "report": report, "offered": offered, "missing": missing, "after": after,
+            "lost_new": lost_new, "destroyed": destroyed, "repeated": repeated, "running": running,
+            "damage": done,
+        }, "\n".join(a.log_text() for a in incarnations))
+
+
 # ---------------------------------------------------------------- a recorded input
 
 
@@ -343,9 +525,11 @@ def kill9_replay(workdir: Path, broker: MosquittoServer, store: VictoriaMetricsS
                    if s == sensor_b and t0 <= middle[4] < t0 + 1000 * len(v))
         b = start("k9b")
         replay(publisher, runs["k9b"], range(cut))
-        line = len(b.lines)
         replay(publisher, runs["k9b"], range(cut, cut + 1), last=sensor_b)
-        b.wait_log(rf"alert seq=\d+ {sensor_b} \S+ {middle[1]} level {middle[2]} -> {middle[3]} ", since=line)
+        # published means stored with the state that made it (the uplink sends only what is stored)
+        assert collector.wait_for(lambda c: any(
+            (a.sensor, a.rule, a.prev, a.level, a.ts) == (sensor_b, *middle[1:5]) for a in c.alerts), WAIT_S), \
+            f"k9b never sent {middle}"
         b.kill()
         killed = time.monotonic()
         b = start("k9b")

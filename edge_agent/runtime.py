@@ -132,6 +132,7 @@ class Agent:
             rules = [sensor_rules(s, i) for i, s in enumerate(config.sensor)]
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        started_ms = time.time_ns() // 1_000_000
         self.state_lock = StateDirLock(Path(a.state_dir), agent_id=a.id).acquire()
         self.outbox = Outbox(Path(a.state_dir) / OUTBOX_FILE, max_messages=a.outbox_max_messages,
                              reserve_bytes=OUTBOX_RESERVE_BYTES)
@@ -143,6 +144,11 @@ class Agent:
             expected_period_s=[s.period_s if s.source == "modbus" else None for s in config.sensor],
             last_alert_seq=self.outbox.last_alert_seq,
         )
+        for report in (r for r in self.outbox.damage_reports() if r.at_ms < started_ms):
+            log.warning("outbox damaged at %s (%s) is kept as %s: status fault outbox_damaged "
+                        "stands until an operator has looked at it and removed it",
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.at_ms / 1000)),
+                        report.cause, report.file)
         if self.pipeline.restore(self.outbox.load_state(STATE_KEY), self.outbox.load_state(LEVELS_KEY),
                                  delta=self.outbox.load_state(DELTA_KEY)):
             log.info("resumed detection state; last alert seq %d", self.outbox.last_alert_seq)
@@ -337,6 +343,7 @@ class Agent:
             "dropped_summaries": box.dropped_summaries,
             "disk_full": self.outbox.space_low,
             "wall_offset_ms": self.pipeline.wall_offset_ms,
+            **self._outbox_faults(box.in_memory),
         }
         if self.raw_input is not None:
             out["raw_connected"] = self.raw_input.connected
@@ -347,11 +354,26 @@ class Agent:
         return out
 
 
+    def _outbox_faults(self, in_memory: int) -> dict[str, Any]:
+        """What the Status says about the outbox's health: `faults` names every fault now
+        standing (an ops console alarms on a non-empty list), the rest details them."""
+        reports = self.outbox.damage_reports()
+        faults = []
+        if reports:
+            faults.append("outbox_damaged")
+        if not self.outbox.on_disk:
+            faults.append("outbox_in_memory")
+        if self.outbox.space_low:
+            faults.append("disk_full")
+        return {"faults": faults, "outbox_damaged": len(reports),
+                "outbox_damage": [r.as_status() for r in reports], "outbox_in_memory": in_memory}
+
+
 def _log_alerts(alerts: Sequence[Any]) -> None:
     """One INFO line per alert (alerts are rare), capped per batch so a storm stays readable."""
     for a in alerts[:ALERT_LOG_LINES]:
-        log.info("alert seq=%d %s %s %s level %d -> %d value=%g", a.seq, a.sensor, a.kind, a.rule,
-                 a.prev, a.level, a.value)
+        log.info("alert seq=%d %s %s %s level %d -> %d value=%g id=%s", a.seq, a.sensor, a.kind, a.rule,
+                 a.prev, a.level, a.value, a.id)
     if len(alerts) > ALERT_LOG_LINES:
         log.info("... and %d more alert(s) in this batch (last seq=%d)",
                  len(alerts) - ALERT_LOG_LINES, alerts[-1].seq)

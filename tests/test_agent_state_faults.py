@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.faults_agent_state import kill9_replay
+from benchmarks.faults_agent_state import DAMAGE_FORMS, kill9_replay, outbox_damage
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
 
 pytestmark = pytest.mark.integration
@@ -25,3 +25,36 @@ def test_kill_9_mid_stream_neither_drops_nor_repeats_an_alert(
     assert f["seqs"] == list(range(1, f["last_seq"] + 1))
     tally = f["tally"]
     assert (tally.lost, tally.duplicated) == (0, 0), tally
+
+
+@pytest.mark.parametrize("form", DAMAGE_FORMS)
+def test_damaged_outbox_on_restart_keeps_detecting_saves_what_is_readable_and_shows_the_fault(
+        form: str, tmp_path: Path, broker: MosquittoServer, store: VictoriaMetricsServer) -> None:
+    run = outbox_damage(tmp_path, broker, store, form=form)
+    f = run.facts
+    assert f["running"], "the agent must keep running on a damaged outbox"
+    assert f["lost_new"] == 0 and f["after"], "alerts detected after the damage must all be stored"
+    assert f["repeated"] == 0
+    status, report = f["status"], f["report"]
+    assert "outbox_damaged" in status["faults"] and status["outbox_damaged"] == 1
+    assert Path(report["file"]).exists() and report["file"].startswith(str(tmp_path))
+    assert run.log.count("was damaged") == 1, "one clear line"
+    line = next(line for line in run.log.splitlines() if "was damaged" in line)
+    assert "outbox.sqlite" in line and report["file"] in line and "saved" in line
+    if form == "garbage header":
+        assert f["destroyed"] == 0, "a rebuilt header gives every row back"
+    if form == "zero-length":
+        assert (report["saved_alerts"], report["saved_summaries"]) == (0, 0)
+    if form in ("garbage header", "corrupted page"):
+        assert report["saved_summaries"] > 0 and report["saved_alerts"] > 0
+    if form == "corrupted page":  # only the rows on that page are gone, and they are counted
+        assert report["unreadable"] >= f["destroyed"] and f["destroyed"] < len(f["offered"]) // 2
+
+
+def test_a_page_damaged_under_the_running_agent_is_found_recovered_and_sending_goes_on(
+        tmp_path: Path, broker: MosquittoServer, store: VictoriaMetricsServer) -> None:
+    run = outbox_damage(tmp_path, broker, store, form="corrupted page", mid_run=True)
+    f = run.facts
+    assert f["running"] and f["lost_new"] == 0 and f["repeated"] == 0
+    assert f["destroyed"] == 0, "the damaged page held old summaries, no alert"
+    assert "outbox_damaged" in f["status"]["faults"] and f["report"]["unreadable"] > 0
