@@ -36,7 +36,7 @@ from typing import Any, Final
 import numpy as np
 
 from benchmarks.fault_table import FaultOutcome, write_fault_rows
-from benchmarks.faults_agent import RawFeeder
+from benchmarks.faults_agent import RawFeeder, fill, tmpfs
 from edge_agent.contract import Alert, Status, Summary
 from edge_agent.outbox import OutboundMessage, Outbox
 from edge_agent.runtime import OUTBOX_FILE
@@ -397,6 +397,144 @@ def outbox_damage(workdir: Path, field: MosquittoServer, store: VictoriaMetricsS
             "status": status, "report": report, "offered": offered, "missing": missing, "after": after,
             "lost_new": lost_new, "destroyed": destroyed, "repeated": repeated, "running": running,
             "damage": done,
+        }, "\n".join(a.log_text() for a in incarnations))
+
+
+def disk_full_from_start(workdir: Path, field: MosquittoServer, store: VictoriaMetricsServer, *,
+                         sensors: int = 10, alerts_each: int = 10, disk_bytes: int = 8 << 20) -> StateFaultRun:
+    """The agent starts on a disk already full to the last byte (no outbox file can be made, no
+    reserve, nothing to drop), detects, holds its alerts in memory and sends them from there,
+    also across an uplink outage, then writes them back to disk once the disk has room."""
+    agent_id = "df-start"
+    ids = [f"DFS-{i:02d}" for i in range(sensors)]
+    with contextlib.ExitStack() as stack:
+        (workdir / "uplink").mkdir(exist_ok=True)
+        uplink = stack.enter_context(MosquittoServer(workdir=workdir / "uplink"))
+        centre = stack.enter_context(Centre(workdir, uplink, store, gateway_id=f"gw-{agent_id}"))
+        disk = stack.enter_context(tmpfs(workdir / "disk", disk_bytes))
+        config = write_config(
+            workdir / "agent.toml", agent=agent_id, broker_url=uplink.url, state_dir=disk / "state",
+            agent_extra="window_s = 0.5\nstate_save_s = 1.0", mqtt_extra="reconnect_max_s = 1.0",
+            extra=f'[raw_mqtt]\nurl = "{field.url}"\n',
+            sensors=[{"id": s, "site": "basin", **SIMPLE_RULES} for s in ids])
+        (disk / "state").mkdir()
+        fill(disk / "filler")
+        collector = Collector(uplink.port, client_id=f"{agent_id}-collector")
+        stack.callback(collector.close)
+        feeder = RawFeeder(field.port, ids, period_s=0.1, client_id=f"{agent_id}-feeder")
+        stack.callback(feeder.close)
+        agent = AgentProcess(config)
+        stack.callback(agent.close)
+        agent.start().wait_log(r"raw input connected")
+        in_memory = "holding new messages in memory" in agent.log_text()
+
+        def alerts(count: int, first: int) -> None:
+            for k in range(count // 2):
+                sensor = ids[(first + k) % len(ids)]
+                line = len(agent.lines)
+                feeder.raise_high(sensor, blocks=2)
+                agent.wait_log(rf"alert seq=\d+ {sensor} \S+ high level 1 -> 0 ", since=line)
+
+        alerts(alerts_each, 0)
+        full_status = wait_status(collector, agent_id, lambda st: "outbox_in_memory" in st.get("faults", [])
+                                  and st.get("backlog_alerts", 1) == 0, "alerts sent from memory")
+        uplink.terminate()   # and an outage on top: memory holds what waits
+        alerts(alerts_each, alerts_each // 2)
+        uplink.start()
+        wait_status(collector, agent_id, lambda st: st.get("backlog_alerts", 1) == 0 and st.get("alerts", 0)
+                    >= 2 * alerts_each, "the alerts of the outage sent from memory")
+        os.unlink(disk / "filler")
+        freed = time.monotonic()
+        line = len(agent.lines)
+        alerts(2, 0)  # the next append finds room (it tries the disk every few seconds)
+        agent.wait_log(r"back on disk", WAIT_S, since=line)
+        recovery_s = time.monotonic() - freed
+        alerts(alerts_each, 0)
+        status = wait_status(collector, agent_id, lambda st: st.get("backlog", 1) == 0 and
+                             st.get("faults", ["?"]) == [] and st.get("alerts", 0) >= 3 * alerts_each + 2,
+                             "the outbox back on disk with its reserve, drained")
+        running = agent.proc is not None and agent.proc.poll() is None
+        assert agent.terminate() == 0
+        offered = logged_alerts(agent.log_text())
+        points = centre.wait_stored(ids, len(offered), timeout_s=30)
+        stored = {(s, r, t) for s, r, t, _ in points}
+        missing = [i for i, key in offered.items() if key not in stored]
+        repeated = sum(n - 1 for n in Counter((s, r, t) for s, r, t, _ in points).values())
+        outcome = FaultOutcome(
+            "agent disk full from the start (no file, no reserve, nothing to drop)",
+            f"{sensors} sensors x 10 blocks/s, an alert every ~0.3 s; tmpfs {disk_bytes >> 20} MiB full before "
+            f"the start, an uplink outage meanwhile, then room again", "nothing" if not missing else
+            f"{len(missing)} alert(s)", repeated, recovery_s, COMMAND, offered=f"{len(offered)} alerts",
+            stored=str(len(offered) - len(missing)), dead_lettered="0")
+        return StateFaultRun(outcome, {
+            "in_memory_at_start": in_memory, "full_status": full_status, "status": status,
+            "missing": missing, "repeated": repeated, "running": running, "offered": offered,
+        }, agent.log_text())
+
+
+def second_agent(workdir: Path, broker: MosquittoServer, store: VictoriaMetricsServer, *,
+                 sensors: int = 10, alerts_each: int = 10) -> StateFaultRun:
+    """A second `lifeline agent` started on the state directory of a running one must exit 2
+    naming it and touch nothing; after a `kill -9` of the first, the lock it leaves must not
+    block the next start, which resumes where the first stopped."""
+    agent_id = "sd-lock"
+    ids = [f"SDL-{i:02d}" for i in range(sensors)]
+    with contextlib.ExitStack() as stack:
+        centre = stack.enter_context(Centre(workdir, broker, store, gateway_id=f"gw-{agent_id}"))
+        config = write_config(workdir / "agent.toml", agent=agent_id, broker_url=broker.url,
+                              state_dir=workdir / "state", agent_extra="window_s = 0.5",
+                              sensors=[{"id": s, "site": "basin", **SIMPLE_RULES} for s in ids])
+        collector = Collector(broker.port, client_id=f"{agent_id}-collector")
+        stack.callback(collector.close)
+        feeder = RawFeeder(broker.port, ids, period_s=0.1, client_id=f"{agent_id}-feeder")
+        stack.callback(feeder.close)
+        incarnations: list[AgentProcess] = []
+
+        def start(wait: bool = True) -> AgentProcess:
+            agent = AgentProcess(config)
+            stack.callback(agent.close)
+            incarnations.append(agent)
+            agent.start()
+            if wait:
+                agent.wait_log(r"raw input connected")
+            return agent
+
+        def alerts(agent: AgentProcess, count: int, first: int) -> None:
+            for k in range(count // 2):
+                sensor = ids[(first + k) % len(ids)]
+                line = len(agent.lines)
+                feeder.raise_high(sensor, blocks=2)
+                agent.wait_log(rf"alert seq=\d+ {sensor} \S+ high level 1 -> 0 ", since=line)
+
+        first = start()
+        alerts(first, alerts_each, 0)
+        second = start(wait=False)
+        assert second.proc is not None
+        second_code = second.proc.wait(WAIT_S)
+        refused = second.log_text()
+        alerts(first, alerts_each, alerts_each // 2)   # the first one goes on undisturbed
+        first.kill()
+        killed = time.monotonic()
+        third = start()
+        resume_s = time.monotonic() - killed
+        alerts(third, alerts_each, 0)
+        status = wait_status(collector, agent_id, lambda st: st.get("backlog", 1) == 0 and
+                             st.get("alerts", 0) >= alerts_each, "the restarted agent to drain",
+                             after_ms=now_ms() - 1000)
+        assert third.terminate() == 0
+        with Outbox(workdir / "state" / OUTBOX_FILE, max_messages=1_000_000) as box:
+            last = box.last_alert_seq
+        tally = Tally.of(last, centre.wait_stored(ids, last), tapped_alerts(collector, agent_id))
+        pid = first.proc.pid if first.proc is not None else -1
+        outcome = FaultOutcome(
+            "second agent on the same state directory",
+            f"{sensors} sensors x 10 blocks/s, an alert every ~0.3 s; a second agent started on the running "
+            f"one's state_dir (exit {second_code}, names pid {pid}: {f'pid {pid}' in refused}), then kill -9 "
+            f"of the first and a restart on its lock", tally.lost_text(), tally.duplicated, resume_s, COMMAND,
+            offered=f"{tally.offered} alerts", stored=str(tally.stored), dead_lettered="0")
+        return StateFaultRun(outcome, {
+            "second_code": second_code, "refused": refused, "first_pid": pid, "tally": tally,
+            "status": status, "seqs": sorted({a.seq for a in tapped_alerts(collector, agent_id)}),
         }, "\n".join(a.log_text() for a in incarnations))
 
 

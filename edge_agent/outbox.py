@@ -54,14 +54,22 @@ import sqlite3
 import threading
 import time
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, Self
 
 from edge_agent.backoff import LogThrottle, held_note
 from edge_agent.errors import LifelineError
-from edge_agent.salvage import Salvage, damaged_name, integrity_problem, is_damage, move_aside, read_damaged
+from edge_agent.salvage import (
+    SIDE_FILES,
+    Salvage,
+    damaged_name,
+    integrity_problem,
+    is_damage,
+    move_aside,
+    read_damaged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +234,9 @@ class Outbox:
     def _open(self) -> None:
         """Open the file and check it; recover it if damaged, hold rows in memory if it cannot be written."""
         problem: str | None = None
-        if self.path.exists() and self.path.stat().st_size == 0:
-            problem = "the file is empty (zero length)"
+        existed = self.path.exists()
+        if existed and self.path.stat().st_size == 0:
+            problem = "zero-length file"
         else:
             try:
                 self._connect()
@@ -238,6 +247,10 @@ class Outbox:
                 if is_damage(exc):
                     problem = str(exc)
                 elif _is_disk_full(exc):
+                    if not existed:  # an empty file of ours is no damage to find next time
+                        for suffix in ("", *SIDE_FILES):
+                            with suppress(OSError):
+                                self.path.with_name(self.path.name + suffix).unlink()
                     self._to_memory(f"cannot open it on a full disk ({exc})")
                     return
                 else:

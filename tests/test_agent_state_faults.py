@@ -4,11 +4,18 @@ which runs them bigger for RESULTS.md."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from benchmarks.faults_agent_state import DAMAGE_FORMS, kill9_replay, outbox_damage
+from benchmarks.faults_agent_state import (
+    DAMAGE_FORMS,
+    disk_full_from_start,
+    kill9_replay,
+    outbox_damage,
+    second_agent,
+)
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
 
 pytestmark = pytest.mark.integration
@@ -58,3 +65,25 @@ def test_a_page_damaged_under_the_running_agent_is_found_recovered_and_sending_g
     assert f["running"] and f["lost_new"] == 0 and f["repeated"] == 0
     assert f["destroyed"] == 0, "the damaged page held old summaries, no alert"
     assert "outbox_damaged" in f["status"]["faults"] and f["report"]["unreadable"] > 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_disk_full_from_the_start_keeps_detecting_and_sends_every_alert_from_memory(
+        tmp_path: Path, broker: MosquittoServer, store: VictoriaMetricsServer) -> None:
+    run = disk_full_from_start(tmp_path, broker, store, alerts_each=6)
+    f = run.facts
+    assert f["in_memory_at_start"] and f["running"]
+    assert f["missing"] == [] and f["repeated"] == 0
+    assert "outbox_in_memory" in f["full_status"]["faults"]
+    assert f["status"]["outbox_in_memory"] == 0 and f["status"]["faults"] == []
+
+
+def test_a_second_agent_on_the_same_state_dir_exits_2_naming_the_first_and_a_stale_lock_never_blocks(
+        tmp_path: Path, broker: MosquittoServer, store: VictoriaMetricsServer) -> None:
+    run = second_agent(tmp_path, broker, store, alerts_each=6)
+    f = run.facts
+    assert f["second_code"] == 2
+    assert f"pid {f['first_pid']}" in f["refused"] and "state_dir" in f["refused"], f["refused"]
+    assert run.log.count("resumed detection state") == 1, "the restart after kill -9 resumed at once"
+    tally = f["tally"]
+    assert (tally.lost, tally.duplicated) == (0, 0) and f["seqs"] == list(range(1, tally.offered + 1))

@@ -72,7 +72,7 @@ def test_zero_length_file_starts_a_fresh_outbox_and_says_so(
     damage_outbox(path, "zero-length")
     with Outbox(path, max_messages=100_000) as box:
         (report,) = box.damage_reports()
-        assert "zero length" in report.cause and (report.saved_alerts, report.saved_summaries) == (0, 0)
+        assert "zero-length" in report.cause and (report.saved_alerts, report.saved_summaries) == (0, 0)
         box.append([alert(1)], last_alert_seq=1)
         assert content(box.peek(10)) == [("alert", 1)]
     line = damage_line(caplog)
