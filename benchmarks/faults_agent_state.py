@@ -538,6 +538,100 @@ def second_agent(workdir: Path, broker: MosquittoServer, store: VictoriaMetricsS
         }, "\n".join(a.log_text() for a in incarnations))
 
 
+def offline_flips(collector: Collector, agent: str, since: int = 0) -> int:
+    """`offline` statuses of `agent` (its will, published when the broker drops it) received
+    after the first `since` statuses."""
+    with collector._changed:  # noqa: SLF001
+        return sum(1 for s in collector.status[since:] if s.agent == agent and s.state == "offline")
+
+
+def client_id_takeover(workdir: Path, broker: MosquittoServer, store: VictoriaMetricsServer, *,
+                       sensors: int = 5, run_s: float = 30.0, reconnect_max_s: float = 3.0) -> StateFaultRun:
+    """Two agents with the same agent id, so the same client ids (an SD card cloned into a second
+    cabinet, its sensors edited, agent.id left as it was), on one broker: each must name the
+    takeover in its log, stop the reconnect loop that flaps the retained status (uplink and raw
+    input move to client ids of their own), keep its sensor data and get every alert it raised stored."""
+    agent_id = "clone"
+    cabinets = {name: [f"CL{name}-{i:02d}" for i in range(sensors)] for name in ("A", "B")}
+    with contextlib.ExitStack() as stack:
+        centre = stack.enter_context(Centre(workdir, broker, store, gateway_id=f"gw-{agent_id}"))
+        collector = Collector(broker.port, client_id=f"{agent_id}-collector")
+        stack.callback(collector.close)
+        feeder = RawFeeder(broker.port, cabinets["A"] + cabinets["B"], period_s=0.1,
+                           client_id=f"{agent_id}-feeder")
+        stack.callback(feeder.close)
+        agents = {}
+        for name, ids in cabinets.items():
+            config = write_config(workdir / f"{name}.toml", agent=agent_id, broker_url=broker.url,
+                                  state_dir=workdir / name, agent_extra="window_s = 1.0",
+                                  mqtt_extra=f"reconnect_max_s = {reconnect_max_s}",
+                                  sensors=[{"id": s, "site": "basin", **SIMPLE_RULES} for s in ids])
+            agents[name] = AgentProcess(config)
+            stack.callback(agents[name].close)
+        started_ms = now_ms()
+        for agent in agents.values():
+            agent.start()
+        for agent in agents.values():
+            agent.wait_log(r"raw input connected")
+        named_at: dict[str, float] = {}
+        named_index: dict[str, int] = {}
+        deadline = time.monotonic() + run_s
+        k = 0
+        while time.monotonic() < deadline:   # an alert every 0.5 s in each cabinet meanwhile
+            for ids in cabinets.values():
+                feeder.raise_high(ids[k % len(ids)], blocks=2)
+            k += 1
+            for name, agent in agents.items():
+                if name not in named_at and "another client is connecting with the same client id" in agent.log_text():
+                    named_at[name] = time.monotonic()
+                    with collector._changed:  # noqa: SLF001
+                        named_index[name] = len(collector.status)
+            time.sleep(0.5)  # the load's pace, not a synchronisation
+        assert named_at, "neither agent named the takeover:\n" + agents["A"].log_text()[-3000:]
+        first_named = min(named_at.values())
+        calm_from = max(named_at.values())   # from when both (or the only one) saw it
+        flips_after = offline_flips(collector, agent_id, max(named_index.values()))
+        calm_s = deadline - calm_from
+        flips_total = offline_flips(collector, agent_id)
+        status = latest_status(collector, agent_id)
+        with collector._changed:  # noqa: SLF001
+            fault_shown = any("client_id_in_use" in s.extra.get("faults", []) for s in collector.status
+                              if s.agent == agent_id)
+            statuses = [(s.state, s.ts - started_ms, s.extra.get("client_id"), s.extra.get("uptime_s"))
+                        for s in collector.status if s.agent == agent_id]
+        # let each drain: at most two holds until every alert it logged is stored
+        offered: dict[str, tuple[str, str, int]] = {}
+        for agent in agents.values():
+            offered.update(logged_alerts(agent.log_text()))
+        points = centre.wait_stored(cabinets["A"] + cabinets["B"], len(offered),
+                                    timeout_s=4 * reconnect_max_s + WAIT_S)
+        logs = {name: agent.log_text() for name, agent in agents.items()}
+        for agent in agents.values():
+            assert agent.terminate() == 0
+        offered = {}
+        for text in logs.values():
+            offered.update(logged_alerts(text))
+        stored = {(s, r, t) for s, r, t, _ in points}
+        missing = [i for i, key in offered.items() if key not in stored]
+        repeated = sum(n - 1 for n in Counter((s, r, t) for s, r, t, _ in points).values())
+        raw_switched = sum("raw input: client id" in text for text in logs.values())
+        switched = sum(text.count("Reconnecting as") + text.count("reconnecting as") for text in logs.values())
+        outcome = FaultOutcome(
+            "client-id takeover (cloned SD card in a second cabinet)",
+            f"2 agents with one agent.id on one broker, {sensors} sensors each x 10 blocks/s, an alert every "
+            f"0.5 s in each, {run_s:.0f} s; named in the log after {first_named - deadline + run_s:.1f} s; "
+            f"retained status went offline {flips_total} times, {flips_after} in the {calm_s:.0f} s after "
+            f"that; {switched} connection(s) moved to an id of their own", "nothing" if not missing else f"{len(missing)} alert(s)",
+            repeated, None, COMMAND, offered=f"{len(offered)} alerts",
+            stored=str(len(offered) - len(missing)), dead_lettered="0")
+        return StateFaultRun(outcome, {
+            "named": named_at, "flips_after": flips_after, "flips_total": flips_total, "calm_s": calm_s,
+            "status": status, "missing": missing, "repeated": repeated, "raw_switched": raw_switched,
+            "switched": switched, "statuses": statuses, "fault_shown": fault_shown,
+            "offered": offered, "logs": logs,
+        }, "\n".join(logs.values()))
+
+
 # ---------------------------------------------------------------- a recorded input
 
 

@@ -343,10 +343,12 @@ class Agent:
             "dropped_summaries": box.dropped_summaries,
             "disk_full": self.outbox.space_low,
             "wall_offset_ms": self.pipeline.wall_offset_ms,
-            **self._outbox_faults(box.in_memory),
+            **self._faults(box.in_memory),
         }
         if self.raw_input is not None:
             out["raw_connected"] = self.raw_input.connected
+            out["raw_client_id"] = self.raw_input.client_id
+            out["raw_takeovers"] = self.raw_input.takeover.takeovers
         if serial:
             out["serial"] = serial
         if modbus:
@@ -354,11 +356,14 @@ class Agent:
         return out
 
 
-    def _outbox_faults(self, in_memory: int) -> dict[str, Any]:
-        """What the Status says about the outbox's health: `faults` names every fault now
-        standing (an ops console alarms on a non-empty list), the rest details them."""
+    def _faults(self, in_memory: int) -> dict[str, Any]:
+        """`faults` names every fault of the agent itself now standing (an ops console alarms on
+        a non-empty list; docs/operations.md says what each means); the other keys detail them."""
         reports = self.outbox.damage_reports()
         faults = []
+        if self.uplink.client_id_taken_over or (self.raw_input is not None
+                                                and self.raw_input.takeover.suspected):
+            faults.append("client_id_in_use")
         if reports:
             faults.append("outbox_damaged")
         if not self.outbox.on_disk:

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks.faults_agent_state import (
     DAMAGE_FORMS,
+    client_id_takeover,
     disk_full_from_start,
     kill9_replay,
     outbox_damage,
@@ -87,3 +88,17 @@ def test_a_second_agent_on_the_same_state_dir_exits_2_naming_the_first_and_a_sta
     assert run.log.count("resumed detection state") == 1, "the restart after kill -9 resumed at once"
     tally = f["tally"]
     assert (tally.lost, tally.duplicated) == (0, 0) and f["seqs"] == list(range(1, tally.offered + 1))
+
+
+def test_a_client_id_takeover_is_named_stops_flapping_and_loses_no_alert(
+        tmp_path: Path, broker: MosquittoServer, store: VictoriaMetricsServer) -> None:
+    run = client_id_takeover(tmp_path, broker, store, run_s=25.0, reconnect_max_s=3.0)
+    f = run.facts
+    assert f["named"], "the takeover must be named in the log"
+    for text in f["logs"].values():
+        assert text.count("another client is connecting with the same client id") <= 2, "one line per connection"
+    # with an id of its own neither throws the other off: the retained status stays online
+    assert f["flips_after"] <= 1, (f["flips_after"], f["calm_s"])
+    assert f["raw_switched"] >= 1, "the raw input keeps its sensor data under an id of its own"
+    assert f["fault_shown"], "the agent that saw it says so in its status"
+    assert f["missing"] == [] and f["repeated"] == 0
