@@ -37,7 +37,8 @@ import numpy as np
 
 from benchmarks.fault_table import FaultOutcome, write_fault_rows
 from benchmarks.faults_agent import RawFeeder, fill, tmpfs
-from edge_agent.contract import Alert, Status, Summary
+from benchmarks.procstat import memory_mib
+from edge_agent.contract import Alert, RawBlock, Status, Summary
 from edge_agent.outbox import OutboundMessage, Outbox
 from edge_agent.runtime import OUTBOX_FILE
 from simulators.demo import Child, gateway_toml, start_child
@@ -630,6 +631,68 @@ def client_id_takeover(workdir: Path, broker: MosquittoServer, store: VictoriaMe
             "switched": switched, "statuses": statuses, "fault_shown": fault_shown,
             "offered": offered, "logs": logs,
         }, "\n".join(logs.values()))
+
+
+def unknown_sensor_flood(workdir: Path, broker: MosquittoServer, store: VictoriaMetricsServer, *,
+                         unknown: int = 50_000, sensors: int = 5) -> StateFaultRun:
+    """RawBlocks for `unknown` distinct sensor ids the agent does not know (a misconfigured network
+    server, or someone probing), while its own sensors raise alerts: each id is counted and
+    dropped, the warnings about them stay a bounded number of lines, the memory they take stays
+    bounded, and every real alert is stored."""
+    agent_id = "flood"
+    ids = [f"FL-{i:02d}" for i in range(sensors)]
+    with contextlib.ExitStack() as stack:
+        centre = stack.enter_context(Centre(workdir, broker, store, gateway_id=f"gw-{agent_id}"))
+        config = write_config(workdir / "agent.toml", agent=agent_id, broker_url=broker.url,
+                              state_dir=workdir / "state", agent_extra="window_s = 1.0",
+                              sensors=[{"id": s, "site": "basin", **SIMPLE_RULES} for s in ids])
+        collector = Collector(broker.port, client_id=f"{agent_id}-collector")
+        stack.callback(collector.close)
+        feeder = RawFeeder(broker.port, ids, period_s=0.1, client_id=f"{agent_id}-feeder")
+        stack.callback(feeder.close)
+        agent = AgentProcess(config)
+        stack.callback(agent.close)
+        agent.start().wait_log(r"raw input connected")
+        assert agent.proc is not None
+        wait_status(collector, agent_id, lambda st: st.get("samples", 0) > 50, "samples flowing")
+        rss_before = memory_mib(agent.proc.pid, ("VmRSS",))["VmRSS"]
+        flooder = Publisher(broker.port, client_id=f"{agent_id}-flooder")
+        stack.callback(flooder.close)
+        payload = RawBlock("x", np.array([NORMAL]), seq=0)
+        started = time.monotonic()
+        k = 0
+        for i in range(unknown):
+            sensor = f"NOPE-{i:07d}"
+            flooder.client.publish(f"{PREFIX}/raw/{sensor}",
+                                   RawBlock(sensor, payload.values, seq=0).encode(), qos=0)
+            if i % 500 == 0:
+                feeder.raise_high(ids[k % len(ids)], blocks=2)
+                k += 1
+                time.sleep(0.01)  # pacing the load (QoS 0 into the broker), not a synchronisation
+        status = wait_status(collector, agent_id, lambda st: st.get("unknown_sensor", 0) >= unknown * 0.99,
+                             "the agent to count the unknown ids", timeout_s=WAIT_S * 2)
+        flood_s = time.monotonic() - started
+        rss_after = memory_mib(agent.proc.pid, ("VmRSS",))["VmRSS"]
+        wait_status(collector, agent_id, lambda st: st.get("backlog", 1) == 0, "the outbox to drain")
+        assert agent.terminate() == 0
+        log = agent.log_text()
+        lines = sum(1 for line in log.splitlines() if "which is not an MQTT sensor of this agent" in line)
+        offered = logged_alerts(log)
+        points = centre.wait_stored(ids, len(offered))
+        stored = {(s, r, t) for s, r, t, _ in points}
+        missing = [i for i, key in offered.items() if key not in stored]
+        repeated = sum(n - 1 for n in Counter((s, r, t) for s, r, t, _ in points).values())
+        outcome = FaultOutcome(
+            "RawBlocks for unknown sensor ids (flood)",
+            f"{unknown:,} distinct unknown ids in {flood_s:.0f} s beside {sensors} real sensors x 10 blocks/s "
+            f"raising alerts; {int(status.get('unknown_sensor', 0)):,} counted, {lines} warning lines, agent "
+            f"RSS {rss_before:.0f} -> {rss_after:.0f} MiB", "nothing" if not missing else f"{len(missing)} alert(s)",
+            repeated, None, COMMAND, offered=f"{len(offered)} alerts", stored=str(len(offered) - len(missing)),
+            dead_lettered="0")
+        return StateFaultRun(outcome, {
+            "lines": lines, "rss_before": rss_before, "rss_after": rss_after, "status": status,
+            "missing": missing, "repeated": repeated, "offered": offered,
+        }, log)
 
 
 # ---------------------------------------------------------------- a recorded input

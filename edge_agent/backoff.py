@@ -45,7 +45,7 @@ class LogThrottle:
     """
 
     def __init__(self, interval_s: float = 60.0, *, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 1024) -> None:
+                 max_keys: int = 256) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {max_keys}")
         self.interval_s = interval_s

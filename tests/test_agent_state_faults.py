@@ -16,6 +16,7 @@ from benchmarks.faults_agent_state import (
     kill9_replay,
     outbox_damage,
     second_agent,
+    unknown_sensor_flood,
 )
 from simulators.servers import MosquittoServer, VictoriaMetricsServer
 
@@ -102,3 +103,13 @@ def test_a_client_id_takeover_is_named_stops_flapping_and_loses_no_alert(
     assert f["raw_switched"] >= 1, "the raw input keeps its sensor data under an id of its own"
     assert f["fault_shown"], "the agent that saw it says so in its status"
     assert f["missing"] == [] and f["repeated"] == 0
+
+
+def test_a_flood_of_unknown_sensor_ids_stays_a_bounded_number_of_log_lines_and_loses_no_alert(
+        tmp_path: Path, broker: MosquittoServer, store: VictoriaMetricsServer) -> None:
+    run = unknown_sensor_flood(tmp_path, broker, store, unknown=20_000)
+    f = run.facts
+    assert f["lines"] <= 257, "at most one line per tracked key plus one for the rest"
+    assert f["status"]["unknown_sensor"] >= 19_800, "every one counted"
+    assert f["rss_after"] - f["rss_before"] < 30, (f["rss_before"], f["rss_after"])
+    assert f["missing"] == [] and f["repeated"] == 0 and f["offered"]
