@@ -349,9 +349,7 @@ class Outbox:
         try:
             move_aside(self.path, aside)
         except OSError as exc:
-            log.error("outbox %s is damaged (%s) and cannot be moved aside (%s); new messages are "
-                      "held in memory", self.path, problem, exc)
-            self._to_memory(f"damaged and cannot be moved aside: {exc}")
+            self._to_memory(f"damaged ({problem}) and cannot be moved aside ({exc})")
             return
         try:
             salvage = read_damaged(aside)
@@ -409,14 +407,20 @@ class Outbox:
         self._store_dropped(self._dropped)
         db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", list(salvage.state.items()))
         known = {(r.at_ms, str(r.file)) for r in self._reports}
-        earlier = [d for d in salvage.damage if (d[0], d[1]) not in known]
+        db.executemany("INSERT INTO damage (at_ms, file, cause, saved_alerts, saved_summaries, unreadable) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", [d for d in salvage.damage if (d[0], d[1]) not in known])
+        self._store_reports()
+        db.execute("COMMIT")
+        self._load_counters()
+
+    def _store_reports(self) -> None:
+        """Within a transaction: record the damage reports the file does not hold yet."""
+        db = self._connected_db()
+        stored = {(int(a), str(f)) for a, f in db.execute("SELECT at_ms, file FROM damage")}
         db.executemany("INSERT INTO damage (at_ms, file, cause, saved_alerts, saved_summaries, unreadable) "
                        "VALUES (?, ?, ?, ?, ?, ?)",
-                       [*earlier, *((r.at_ms, str(r.file), r.cause, r.saved_alerts, r.saved_summaries,
-                                     r.unreadable) for r in self._reports)])
-        db.execute("COMMIT")
-        self._reports = []
-        self._load_counters()
+                       [(r.at_ms, str(r.file), r.cause, r.saved_alerts, r.saved_summaries, r.unreadable)
+                        for r in self._reports if (r.at_ms, str(r.file)) not in stored])
 
     def damage_reports(self) -> list[DamageReport]:
         """Damaged files found (now or before) whose moved-aside copy is still there."""
@@ -497,6 +501,7 @@ class Outbox:
             db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
                            list(self._memory_state.items()))
             self._store_dropped(self._dropped)
+            self._store_reports()
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()

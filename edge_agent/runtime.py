@@ -362,7 +362,7 @@ class Agent:
         reports = self.outbox.damage_reports()
         faults = []
         if self.uplink.client_id_taken_over or (self.raw_input is not None
-                                                and self.raw_input.takeover.suspected):
+                                                and self.raw_input.client_id_taken_over):
             faults.append("client_id_in_use")
         if reports:
             faults.append("outbox_damaged")

@@ -42,7 +42,7 @@ from edge_agent.config import MqttSettings
 from edge_agent.contract import Status, status_topic
 from edge_agent.errors import ConfigError
 from edge_agent.outbox import Outbox, OutboxError
-from edge_agent.takeover import SHORT_SESSION_S, TAKEOVERS_NEEDED, TakeoverWatch
+from edge_agent.takeover import TAKEOVERS_NEEDED, TakeoverWatch
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +207,7 @@ class Uplink:
         self._status_mids: set[int] = set()
         self._connections = 0
         self._published = 0
-        # sessions as long as two holds still count as taken over (see TAKEOVER_HOLD)
-        self._takeover = TakeoverWatch(short_s=max(SHORT_SESSION_S, 3 * TAKEOVER_HOLD[1] * settings.reconnect_max_s))
+        self._takeover = TakeoverWatch()
 
     # ------------------------------------------------------------------ public API
 

@@ -53,6 +53,8 @@ class RawMqttInput:
         self._failed_once = False
         self._stopping = False
         self.connects = 0
+        self.configured_client_id = client_id
+        #: The configured id, or one of our own after another client kept taking it.
         self.client_id = client_id
         self.takeover = TakeoverWatch()
         self._switch_lock = threading.Lock()
@@ -66,6 +68,11 @@ class RawMqttInput:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._message_handler()
         return client
+
+    @property
+    def client_id_taken_over(self) -> bool:
+        """Another client keeps taking the configured client id (true while we use our own)."""
+        return self.takeover.suspected or self.client_id != self.configured_client_id
 
     @property
     def connected(self) -> bool:
@@ -144,7 +151,7 @@ class RawMqttInput:
         if not self.takeover.lost()[0]:
             log.warning("raw input lost connection to %s (%s); reconnecting", self._where(), reason)
         elif not was:
-            new_id = f"{self.client_id}-{uuid.uuid4().hex[:8]}"
+            new_id = f"{self.configured_client_id}-{uuid.uuid4().hex[:8]}"
             log.error("raw input: client id %r lost its connection to %s %d times in a row within %.0f s of "
                       "connecting, each time let straight back in: another client is connecting with the "
                       "same client id (a cloned SD card, or a second cabinet with this agent.id or "
