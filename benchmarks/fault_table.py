@@ -19,9 +19,13 @@ HEADER = ("| fault | load while it happened | offered | stored | lost | duplicat
 #: Cells of a row written before the offered, stored and dead-lettered columns.
 _OLD_CELLS = 7
 INTRO = ("Each fault is injected while data flows; afterwards the store is read back and compared with "
-         "what was sent. *Lost* must be nothing: every alert and summary row the agent produced is in the "
-         "store exactly once. *Recovery* is the time from the end of the fault until data flows again "
-         "end to end (the first new alert or row in the store). 2-core machine shared with other work.\n")
+         "what was sent. *Offered*: what the agents produced (alerts seq 1..last, or every alert they logged); "
+         "*stored*: how many of those the store holds; *lost* must be nothing: every alert and summary row "
+         "the agent produced is in the store exactly once, except what the fault itself destroyed (rows on a "
+         "damaged part of an outbox file), which is counted; *dead-lettered*: what was set aside for an "
+         "operator instead of delivered. *Recovery* is the time from the end of the fault until data flows "
+         "again end to end (the first new alert or row in the store), or until the restarted agent took "
+         "input again. 2-core machine shared with other work.\n")
 
 
 @dataclass(frozen=True)

@@ -553,8 +553,8 @@ def second_agent(workdir: Path, broker: MosquittoServer, store: VictoriaMetricsS
         outcome = FaultOutcome(
             "second agent on the same state directory",
             f"{sensors} sensors x 10 blocks/s, an alert every ~0.3 s; a second agent started on the running "
-            f"one's state_dir (exit {second_code}, names pid {pid}: {f'pid {pid}' in refused}), then kill -9 "
-            f"of the first and a restart on its lock", tally.lost_text(), tally.duplicated, resume_s, COMMAND,
+            f"one's state_dir (exit {second_code}, {'naming' if f'pid {pid}' in refused else 'NOT naming'} the "
+            f"first one's pid), then kill -9 of the first and a restart on its lock", tally.lost_text(), tally.duplicated, resume_s, COMMAND,
             offered=f"{tally.offered} alerts", stored=str(tally.stored), dead_lettered="0")
         return StateFaultRun(outcome, {
             "second_code": second_code, "refused": refused, "first_pid": pid, "tally": tally,

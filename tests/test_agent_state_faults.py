@@ -93,7 +93,7 @@ def test_a_second_agent_on_the_same_state_dir_exits_2_naming_the_first_and_a_sta
 
 def test_a_client_id_takeover_is_named_stops_flapping_and_loses_no_alert(
         tmp_path: Path, broker: MosquittoServer, store: VictoriaMetricsServer) -> None:
-    run = client_id_takeover(tmp_path, broker, store, run_s=25.0, reconnect_max_s=3.0)
+    run = client_id_takeover(tmp_path, broker, store, run_s=15.0, reconnect_max_s=3.0)
     f = run.facts
     assert f["named"], "the takeover must be named in the log"
     for text in f["logs"].values():
