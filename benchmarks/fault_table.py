@@ -16,16 +16,16 @@ SECTION = "## Faults"
 HEADER = ("| fault | load while it happened | offered | stored | lost | duplicates in the store | dead-lettered "
           "| recovery s | command | when (UTC) |\n"
           "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |\n")
-INTRO = ("Each fault is injected while data flows; afterwards the store is read back and compared with "
-         "what was sent. *Lost* must be nothing: every alert and summary row the agent produced is in the "
-         "store exactly once. *Offered* and *stored* count the points (alerts, summary rows) that should be "
-         "in the store, and *dead-lettered* the records the gateway kept in its dead-letter file instead "
-         "(with their reason) where the fault is about refusing something; `-` where a run does not count "
-         "them. *Recovery* is the time from the end of the fault until data flows again end to end (the "
-         "first new alert or row in the store; for a gateway restart, until it takes its first message). "
-         "2-core machine shared with other work.\n")
-#: Cells of a row written before the offered, stored and dead-lettered columns existed.
+#: Cells of a row written before the offered, stored and dead-lettered columns.
 _OLD_CELLS = 7
+INTRO = ("Each fault is injected while data flows; afterwards the store is read back and compared with "
+         "what was sent. *Offered*: what the agents produced (alerts seq 1..last, or every alert they logged); "
+         "*stored*: how many of those the store holds; *lost* must be nothing: every alert and summary row "
+         "the agent produced is in the store exactly once, except what the fault itself destroyed (rows on a "
+         "damaged part of an outbox file), which is counted; *dead-lettered*: what was set aside for an "
+         "operator instead of delivered (the gateway's dead-letter file, with the reason). *Recovery* is the time from the end of the fault until data flows "
+         "again end to end (the first new alert or row in the store), or until the restarted agent took "
+         "input again. 2-core machine shared with other work.\n")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class FaultOutcome:
     duplicates: int
     recovery_s: float | None
     command: str
+    #: What the source produced (e.g. alerts seq 1..last), what the store holds of it, and what
+    #: was set aside for an operator instead of delivered; "-" where a run does not count it.
     offered: str = "-"
     stored: str = "-"
     dead_lettered: str = "-"
@@ -48,18 +50,18 @@ class FaultOutcome:
                 f"{self.duplicates} | {self.dead_lettered} | {recovery} | `{self.command}` | {when} |")
 
 
-def _widen(row: str) -> str:
-    """A row of the old layout with `-` in the offered, stored and dead-lettered columns."""
-    cells = [c.strip() for c in row.strip().strip("|").split(" | ")]
+def _widened(row: str) -> str:
+    """A row written before the offered, stored and dead-lettered columns, with "-" in them."""
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
     if len(cells) != _OLD_CELLS:
         return row
-    fault, load, lost, duplicates, recovery, command, when = cells
-    return f"| {fault} | {load} | - | - | {lost} | {duplicates} | - | {recovery} | {command} | {when} |"
+    fault, load, lost, duplicates, *rest = cells
+    return "| " + " | ".join([fault, load, "-", "-", lost, duplicates, "-", *rest]) + " |"
 
 
 def write_fault_rows(outcomes: list[FaultOutcome]) -> None:
     """Put these outcomes in the table, replacing rows of the same fault and keeping the others."""
-    rows = {fault: _widen(row) for fault, row in table_rows(read_section(SECTION)).items()}
+    rows = {fault: _widened(row) for fault, row in table_rows(read_section(SECTION)).items()}
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     for outcome in outcomes:
         rows[outcome.fault] = outcome.row(when)

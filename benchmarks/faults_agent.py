@@ -1,7 +1,8 @@
 """Agent-local faults of issue #8, each against a real `lifeline agent` process and real Mosquitto:
 the agent's disk full, a serial port that vanishes and returns, and the wall clock stepping an
 hour forward and back. `python -m benchmarks.faults_agent [--write]` runs each once at a
-realistic size and (with --write) puts one row per fault in RESULTS.md's "## Faults" table;
+realistic size, then the agent-state faults of `benchmarks.faults_agent_state` (issue 13), and
+(with --write) puts one row per fault in RESULTS.md's "## Faults" table;
 `tests/test_agent_faults.py` runs the same scenarios small.
 
 How each fault is made real:
@@ -459,6 +460,9 @@ def main() -> int:
             result = run(workdir)
             outcomes.append(result.outcome)
             print(result.outcome.row(time.strftime("%Y-%m-%d %H:%M", time.gmtime())), flush=True)
+    from benchmarks.faults_agent_state import run_all  # it builds on this module's feeder
+
+    outcomes += run_all()
     if args.write:
         write_fault_rows(outcomes)
     return 0

@@ -119,8 +119,10 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
               "gateway faults: restart into 100 k / 1 M backlogs, hijack, bad rows, slow store; points/s vs store latency",
               quick_args=("--quick",), write_args=("--write",), section="## Gateway faults",
               full_timeout_s=1800, quick_timeout_s=600),
-    Benchmark("faults-agent", "benchmarks.faults_agent", "agent-local faults: disk full, serial port, clock steps",
-              write_args=("--write",), section="## Faults", full_timeout_s=600, quick_timeout_s=600),
+    Benchmark("faults-agent", "benchmarks.faults_agent",
+              "agent-local faults: disk full, serial port, clock steps, outbox damage, state_dir lock, "
+              "kill -9 replay, client-id takeover, unknown-id flood",
+              write_args=("--write",), section="## Faults", full_timeout_s=2400, quick_timeout_s=600),
     Benchmark("soak", "benchmarks.soak", "whole chain for 30 min at 100 k samples/s: memory flat, nothing lost",
               quick_args=("--duration", "120", "--warmup-s", "30", "--window-s", "30"), write_args=("--write",),
               section="## Soak", full_timeout_s=3000, quick_timeout_s=600),

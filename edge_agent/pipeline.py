@@ -50,7 +50,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
@@ -627,23 +628,37 @@ class Pipeline:
         return _savez(ids=np.array(self._ids), levels=self.chain.levels(), gap=self._gap_level,
                       window_levels=self.window_rules.row_levels())
 
-    def state_blob(self) -> bytes:
-        """The full detection state: kernel and window state, gap levels, learnt intervals, seqs."""
-        chain = {f"chain_{k}": v for k, v in self.chain.state_arrays().items()}
-        windows = {f"win_{k}": v for k, v in self.windows.state_arrays().items()}
-        window_rules = {f"wr_{k}": v for k, v in self.window_rules.state_arrays().items()}
-        return _savez(ids=np.array(self._ids), gap=self._gap_level, interval=self._interval_ms,
-                      last_value=self._last_value, last_seq=np.array(self._last_seq, dtype=np.int64),
-                      **chain, **windows, **window_rules)
+    def state_blob(self, sensors: Collection[int] | None = None) -> bytes:
+        """The full detection state (kernel and window state, gap levels, learnt intervals, seqs,
+        window rules) of every sensor, or only of `sensors` (indices): a delta that `restore` lays
+        over a full one. A delta leaves the window rules out: they change only when a window
+        closes, and every summary is saved with the full state."""
+        rows: npt.NDArray[np.intp] | slice = (slice(None) if sensors is None
+                                             else np.array(sorted(sensors), dtype=np.intp))
+        chain = {f"chain_{k}": v if k in _UNROWED else v[rows]
+                 for k, v in self.chain.state_arrays().items()}
+        windows = {f"win_{k}": v[rows] for k, v in self.windows.state_arrays().items()}
+        window_rules = ({} if sensors is not None else
+                        {f"wr_{k}": v for k, v in self.window_rules.state_arrays().items()})
+        return _savez(ids=np.array(self._ids)[rows], gap=self._gap_level[rows],
+                      interval=self._interval_ms[rows], last_value=self._last_value[rows],
+                      last_seq=np.array(self._last_seq, dtype=np.int64)[rows], **chain, **windows,
+                      **window_rules)
 
-    def restore(self, state: bytes | None, levels: bytes | None) -> bool:
-        """Resume from saved blobs: the full state, then the levels saved with the latest alert.
+    def restore(self, state: bytes | None, levels: bytes | None = None, *,
+                delta: bytes | None = None) -> bool:
+        """Resume from saved blobs: the full state with the `delta` (state of some sensors saved
+        later) laid over it; `levels` (levels saved with the latest alert by older versions,
+        which saved no delta) only when there is no delta.
 
         Sensors are matched by id, so after a config change the sensors that stayed resume and
         new ones start fresh. Unreadable or incompatible blobs are skipped with a warning.
         """
         restored = False
-        arrays = _loadz(state) if state is not None else None
+        arrays = _loadz(state) if state else None
+        later = _loadz(delta) if delta else None
+        if later is not None:
+            arrays = later if arrays is None else _laid_over(arrays, later)
         if arrays is not None:
             rows = self._saved_rows(arrays["ids"])
             try:
@@ -663,7 +678,7 @@ class Pipeline:
                 self._restore_windows(arrays, rows)
                 self._restore_window_rules(arrays, rows)
                 restored = True
-        arrays = _loadz(levels) if levels is not None else None
+        arrays = _loadz(levels) if levels and delta is None else None
         if arrays is not None:
             rows = self._saved_rows(arrays["ids"])
             current = self.chain.state_arrays()
@@ -805,12 +820,41 @@ def _loadz(blob: bytes) -> dict[str, np.ndarray] | None:
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
         log.warning("saved detection state is unreadable (%s); starting detection afresh", exc)
         return None
     if int(arrays.pop("format", -1)) != STATE_FORMAT:
         return None
     return arrays
+
+
+#: Chain state arrays that are not one row per sensor.
+_UNROWED: Final = frozenset({"layout"})
+
+
+def _laid_over(full: dict[str, np.ndarray], delta: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`full` with the rows of the sensors in `delta` replaced by theirs (sensors new in `delta`
+    appended); `full` alone (with a warning) if the two do not fit together."""
+    where = {str(sensor_id): i for i, sensor_id in enumerate(full["ids"].tolist())}
+    delta_ids = [str(sensor_id) for sensor_id in delta["ids"].tolist()]
+    known = [i for i, sensor_id in enumerate(delta_ids) if sensor_id in where]
+    new = [i for i, sensor_id in enumerate(delta_ids) if sensor_id not in where]
+    target = np.array([where[delta_ids[i]] for i in known], dtype=np.intp)
+    out: dict[str, np.ndarray] = {}
+    try:
+        for key, column in full.items():
+            if key.startswith("wr_") or (key[6:] in _UNROWED and key.startswith("chain_")):
+                out[key] = column  # not one row per sensor (window rules: rows by sensor index)
+                continue
+            other = delta[key]
+            merged = column.astype(np.result_type(column, other)) if key == "ids" else column.copy()
+            merged[target] = other[known]
+            out[key] = np.concatenate([merged, other[new]]) if new else merged
+    except (KeyError, ValueError, IndexError) as exc:
+        log.warning("saved detection state and its later delta do not fit together (%s); "
+                    "resuming from the full state alone", exc)
+        return full
+    return out
 
 
 class _Parts:

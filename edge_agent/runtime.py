@@ -30,6 +30,7 @@ from edge_agent.kernel_cache import WarmReport
 from edge_agent.outbox import OutboundMessage, Outbox, OutboxError
 from edge_agent.pipeline import AgentIdentity, GapSettings, Pipeline, StepResult
 from edge_agent.registry import SensorRegistry
+from edge_agent.statelock import StateDirLock
 from lifeline import __version__
 from lifeline.contract import alert_topic, summary_topic
 from lifeline.errors import ConfigError, LifelineError
@@ -40,7 +41,15 @@ log = logging.getLogger(__name__)
 
 OUTBOX_FILE: Final = "outbox.sqlite"
 STATE_KEY: Final = "detection"
+#: The state of the sensors that changed level since the last full save (see `Agent._store`).
+DELTA_KEY: Final = "detection-delta"
+#: Levels saved with each alert by versions before the delta (read, never written).
 LEVELS_KEY: Final = "levels"
+#: Agents with at most this many sensors store their full detection state with every output.
+FULL_STATE_SENSORS: Final = 64
+#: Otherwise the full state goes with a summary, a periodic save, or the first alert after this
+#: many seconds; other alerts take only the state of the sensors that changed level since.
+FULL_STATE_EVERY_S: Final = 2.0
 #: Seconds the uplink may take to drain on shutdown.
 STOP_TIMEOUT_S: Final = 3.0
 #: Disk space (bytes) the outbox holds back beside it, given up when the disk is full so the
@@ -106,6 +115,8 @@ class Agent:
             rules = [sensor_rules(s, i) for i, s in enumerate(config.sensor)]
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        started_ms = time.time_ns() // 1_000_000
+        self.state_lock = StateDirLock(Path(a.state_dir), agent_id=a.id).acquire()
         self.outbox = Outbox(Path(a.state_dir) / OUTBOX_FILE, max_messages=a.outbox_max_messages,
                              reserve_bytes=OUTBOX_RESERVE_BYTES)
         self.pipeline = Pipeline(
@@ -116,8 +127,17 @@ class Agent:
             expected_period_s=[s.period_s if s.source == "modbus" else None for s in config.sensor],
             last_alert_seq=self.outbox.last_alert_seq,
         )
-        if self.pipeline.restore(self.outbox.load_state(STATE_KEY), self.outbox.load_state(LEVELS_KEY)):
+        for report in (r for r in self.outbox.damage_reports() if r.at_ms < started_ms):
+            log.warning("outbox damaged at %s (%s) is kept as %s: status fault outbox_damaged "
+                        "stands until an operator has looked at it and removed it",
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.at_ms / 1000)),
+                        report.cause, report.file)
+        if self.pipeline.restore(self.outbox.load_state(STATE_KEY), self.outbox.load_state(LEVELS_KEY),
+                                 delta=self.outbox.load_state(DELTA_KEY)):
             log.info("resumed detection state; last alert seq %d", self.outbox.last_alert_seq)
+        #: Sensors whose level changed since the last full save, and when that save was.
+        self._changed_sensors: set[int] = set()
+        self._full_saved_at = -float("inf")
         self.ingress = Ingress()
         self.raw_input: RawMqttInput | None = None
         if self.registry.mqtt_sensors():
@@ -143,6 +163,7 @@ class Agent:
         self._errors = ThrottledWarnings(log)
         self._step_errors = 0
         self._prefix = config.mqtt.prefix
+        self._save_state()  # every later delta lies over a full state of this config
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -230,6 +251,7 @@ class Agent:
         self.uplink.stop(timeout_s=STOP_TIMEOUT_S)
         pending = self.outbox.counters()
         self.outbox.close()
+        self.state_lock.release()
         log.info("agent %s stopped; %d alert(s) and %d summary(ies) wait in the outbox",
                  self.config.agent.id, pending.pending_alerts, pending.pending_summaries)
         return 0
@@ -257,22 +279,42 @@ class Agent:
                                             result.summary.encode(), "summary"))
         if not messages:
             return
-        state = {LEVELS_KEY: self.pipeline.levels_blob()} if result.alerts else None
+        changed = self._changed_sensors | {self.registry.index[a.sensor] for a in result.alerts}
+        state = self._state_with(result, changed)
         try:
             self.outbox.append(messages, last_alert_seq=self.pipeline.last_alert_seq if result.alerts
                                else None, state=state)
         except OutboxError as exc:
             log.error("%s; %d alert(s) of this batch are lost", exc, len(result.alerts))
             return
+        self._changed_sensors = set() if STATE_KEY in state else changed
+        if STATE_KEY in state:
+            self._full_saved_at = time.monotonic()
         self.uplink.wake()
         _log_alerts(result.alerts)
 
+    def _state_with(self, result: StepResult, changed: set[int]) -> dict[str, bytes]:
+        """The detection state that goes into the outbox with this step's output, so what is
+        stored is always the state that produced it: `kill -9` then neither repeats nor drops
+        an alert. Full (and the delta emptied) with a summary (every sensor's window restarts),
+        for a small agent, or every `FULL_STATE_EVERY_S`; else the state of the sensors whose
+        level changed since the last full save, which `restore` lays over it. The samples of
+        other sensors since that save are what a restart loses, as if they came while it was down."""
+        full = (result.summary is not None or len(self.registry) <= FULL_STATE_SENSORS
+                or time.monotonic() - self._full_saved_at >= FULL_STATE_EVERY_S
+                or 2 * len(changed) >= len(self.registry))
+        if full:
+            return {STATE_KEY: self.pipeline.state_blob(), DELTA_KEY: b""}
+        return {DELTA_KEY: self.pipeline.state_blob(changed)}
+
     def _save_state(self) -> None:
         try:
-            self.outbox.append([], state={STATE_KEY: self.pipeline.state_blob(),
-                                          LEVELS_KEY: self.pipeline.levels_blob()})
+            self.outbox.append([], state={STATE_KEY: self.pipeline.state_blob(), DELTA_KEY: b""})
         except OutboxError as exc:
             self._errors.warn("save", f"cannot save detection state: {exc}")
+            return
+        self._changed_sensors = set()
+        self._full_saved_at = time.monotonic()
 
     # ------------------------------------------------------------------ status
 
@@ -301,10 +343,13 @@ class Agent:
             "wall_offset_ms": self.pipeline.wall_offset_ms,
             "cold_cache": self.warm.cold,
             "kernels_load_s": round(self.warm.seconds, 2),
+            **self._faults(box.in_memory),
         }
         out.update(self._places())
         if self.raw_input is not None:
             out["raw_connected"] = self.raw_input.connected
+            out["raw_client_id"] = self.raw_input.client_id
+            out["raw_takeovers"] = self.raw_input.takeover.takeovers
         if serial:
             out["serial"] = serial
         if modbus:
@@ -319,12 +364,29 @@ class Agent:
         limits = {s.id: {"high": list(s.high), "low": list(s.low)} for s in self.config.sensor if s.high or s.low}
         return {"district": a.district, "township": a.township, "sites": sites, "limits": limits}
 
+    def _faults(self, in_memory: int) -> dict[str, Any]:
+        """`faults` names every fault of the agent itself now standing (an ops console alarms on
+        a non-empty list; docs/operations.md says what each means); the other keys detail them."""
+        reports = self.outbox.damage_reports()
+        faults = []
+        if self.uplink.client_id_taken_over or (self.raw_input is not None
+                                                and self.raw_input.client_id_taken_over):
+            faults.append("client_id_in_use")
+        if reports:
+            faults.append("outbox_damaged")
+        if not self.outbox.on_disk:
+            faults.append("outbox_in_memory")
+        if self.outbox.space_low:
+            faults.append("disk_full")
+        return {"faults": faults, "outbox_damaged": len(reports),
+                "outbox_damage": [r.as_status() for r in reports], "outbox_in_memory": in_memory}
+
 
 def _log_alerts(alerts: Sequence[Any]) -> None:
     """One INFO line per alert (alerts are rare), capped per batch so a storm stays readable."""
     for a in alerts[:ALERT_LOG_LINES]:
-        log.info("alert seq=%d %s %s %s level %d -> %d value=%g", a.seq, a.sensor, a.kind, a.rule,
-                 a.prev, a.level, a.value)
+        log.info("alert seq=%d %s %s %s level %d -> %d value=%g id=%s", a.seq, a.sensor, a.kind, a.rule,
+                 a.prev, a.level, a.value, a.id)
     if len(alerts) > ALERT_LOG_LINES:
         log.info("... and %d more alert(s) in this batch (last seq=%d)",
                  len(alerts) - ALERT_LOG_LINES, alerts[-1].seq)

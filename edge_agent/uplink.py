@@ -11,6 +11,12 @@ it. Every connection attempt uses a fresh paho client, so nothing of an old conn
 ids, paho's own resend queue) leaks into the next one; reconnects are paced by `backoff_delays`.
 The will is the retained `offline` Status, so a killed agent shows offline within the broker's
 keepalive; its `ts` is the time the connection was made.
+
+A client-id takeover (another client connecting with our client id, again and again: a cloned SD
+card; see `edge_agent.takeover`) is named in one ERROR line and the uplink reconnects under an id
+of its own (`<id>-<8 hex>`), so the two stop throwing each other off and flapping the retained
+status; if the broker refuses that id, it goes back to the configured one with connections
+`TAKEOVER_HOLD` x `reconnect_max_s` apart. `client_id_taken_over` stays true meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.outbox import Outbox, OutboxError
+from edge_agent.takeover import TAKEOVERS_NEEDED, TakeoverWatch
 from lifeline.backoff import LogThrottle, backoff_delays, held_note
 from lifeline.config import MqttSettings
 from lifeline.contract import Status, status_topic
@@ -49,6 +57,9 @@ _OUTBOX_RETRY_S: Final = 1.0
 _STABLE_AFTER_S: Final = 10.0
 #: What to check when the broker refuses the client id.
 _ID_HINT: Final = "check mqtt.client_id; is another agent using the same id?"
+#: While another client takes our client id (`edge_agent.takeover`) and the broker refuses an id
+#: of our own, connections are this many times `mqtt.reconnect_max_s` apart (jittered).
+TAKEOVER_HOLD: Final = (1.0, 2.0)
 
 EventKind = Literal["connack", "puback", "disconnect"]
 
@@ -107,7 +118,10 @@ class Uplink:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
         self.settings = settings
         self.agent_id = agent_id
-        self.client_id = settings.client_id or agent_id
+        self.configured_client_id = settings.client_id or agent_id
+        #: The configured id, or one of our own after another client kept taking it.
+        self.client_id = self.configured_client_id
+        self._own_id_refused_before = False
         self.status_topic = status_topic(settings.prefix, agent_id)
         self.max_inflight = max_inflight
         self.max_inflight_bytes = max_inflight_bytes
@@ -140,6 +154,7 @@ class Uplink:
         self._status_mids: set[int] = set()
         self._connections = 0
         self._published = 0
+        self._takeover = TakeoverWatch()
 
     # ------------------------------------------------------------------ public API
 
@@ -189,6 +204,17 @@ class Uplink:
         if thread.is_alive():
             log.warning("uplink to %s did not stop within %.1f s; leaving it behind", self.url, timeout_s)
 
+    @property
+    def client_id_taken_over(self) -> bool:
+        """Another client keeps taking this uplink's client id (see `edge_agent.takeover`); stays
+        true while we use an id of our own because of it."""
+        return self._takeover.suspected or self.client_id != self.configured_client_id
+
+    @property
+    def takeovers(self) -> int:
+        """Connections lost to another client with the same client id."""
+        return self._takeover.takeovers
+
     def counters(self) -> UplinkCounters:
         """The uplink's own counters, as merged into the Status map."""
         return UplinkCounters(connected=self.connected, reconnects=max(self._connections - 1, 0),
@@ -235,14 +261,62 @@ class Uplink:
                 break
             if connected_s is not None and connected_s >= _STABLE_AFTER_S:
                 delays = self._new_delays()
-            delay = next(delays)
-            if connected_s is not None:
-                log.info("lost connection to %s: %s; reconnecting in %.1f s", self.url, reason, delay)
-            else:
+            if connected_s is None:
+                self._takeover.failed_attempt()
+                if self._own_id_refused(reason):
+                    delays = self._new_delays()
+                delay = self._held_delay() if self._takeover.suspected else next(delays)
                 self._log_failed_attempt(reason, delay)
+            elif self._taken_over(reason):
+                delay = self._held_delay() if self.client_id == self.configured_client_id else next(delays)
+            else:
+                delay = next(delays)
+                log.info("lost connection to %s: %s; reconnecting in %.1f s", self.url, reason, delay)
             self._sleep(delay)
         with self._progress:
             self._progress.notify_all()
+
+    def _held_delay(self) -> float:
+        """While the configured id is taken over and we must keep it: connections this far apart."""
+        cap = self.settings.reconnect_max_s
+        return self._rng.uniform(cap * TAKEOVER_HOLD[0], cap * TAKEOVER_HOLD[1])
+
+    def _taken_over(self, reason: str) -> bool:
+        """Feed the takeover watch the lost connection; on a takeover say so once and move to a
+        client id of our own (rate-limited notes after that)."""
+        was = self._takeover.suspected
+        suspected, up_s = self._takeover.lost()
+        if not suspected:
+            return False
+        if not was and self.client_id == self.configured_client_id and not self._own_id_refused_before:
+            own = f"{self.configured_client_id}-{uuid.uuid4().hex[:8]}"
+            log.error("uplink to %s: client id %r lost its connection %d times in a row, each within %.0f s "
+                      "of connecting, each time let straight back in: another client is connecting with the "
+                      "same client id (a cloned SD card, or a second cabinet with this agent.id or "
+                      "mqtt.client_id?). Reconnecting as %r so neither flaps the retained status; give each "
+                      "agent its own agent.id (status fault client_id_in_use)", self.url, self.client_id,
+                      TAKEOVERS_NEEDED, self._takeover.short_s, own)
+            self.client_id = own
+            self._throttle.reset("takeover")
+            self._throttle.allow("takeover")
+            return True
+        held = self._throttle.allow("takeover")
+        if held is not None:
+            log.warning("uplink to %s: client id %r taken over again after %.0f s (%d times so far: %s)%s",
+                        self.url, self.client_id, up_s, self._takeover.takeovers, reason, held_note(held))
+        return True
+
+    def _own_id_refused(self, reason: str) -> bool:
+        """A broker that refuses our own client id (its ACL may tie rights to client ids): back to
+        the configured one, with connections `TAKEOVER_HOLD` x reconnect_max_s apart."""
+        if self.client_id == self.configured_client_id or not reason.startswith("refused"):
+            return False
+        log.error("uplink to %s: the broker refuses client id %r (%s); back to %r, reconnecting every "
+                  "%.0f-%.0f s while another client takes it", self.url, self.client_id, reason,
+                  self.configured_client_id, *(self.settings.reconnect_max_s * h for h in TAKEOVER_HOLD))
+        self.client_id = self.configured_client_id
+        self._own_id_refused_before = True
+        return True
 
     def _log_failed_attempt(self, reason: str, delay: float) -> None:
         refused = reason.startswith("refused")
@@ -329,6 +403,7 @@ class Uplink:
 
     def _on_connected(self) -> None:
         self._connections += 1
+        self._takeover.connected()
         self._throttle.reset("unreachable")
         self._throttle.reset("refused")
         self._connected.set()
@@ -451,6 +526,7 @@ class Uplink:
             "backlog_summaries": backlog.pending_summaries,
             "dropped": backlog.dropped, "dropped_alerts": backlog.dropped_alerts,
             "dropped_summaries": backlog.dropped_summaries, "outbox_bytes": backlog.bytes_on_disk,
+            "takeovers": self._takeover.takeovers, "client_id": self.client_id,
         }
 
     def _end_session(self, client: mqtt.Client, *, graceful: bool) -> None:

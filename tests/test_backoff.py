@@ -73,3 +73,34 @@ def test_log_throttle_lets_one_line_through_per_interval_and_counts_the_rest() -
     throttle.reset("refused")
     assert throttle.allow("refused") == 0
     assert held_note(0) == "" and "2 similar messages held back" in held_note(2)
+
+
+def test_log_throttle_stays_bounded_under_endless_distinct_keys() -> None:
+    """Keys can come off the wire (an unknown sensor id per RawBlock): memory and lines stay bounded."""
+    now = [0.0]
+    throttle = LogThrottle(60.0, clock=lambda: now[0], max_keys=100)
+    let_through = sum(throttle.allow(f"unknown S-{i}") is not None for i in range(100_000))
+    assert throttle.tracked == 100
+    assert let_through == 101, "one line per tracked key plus one for all the others"
+    assert throttle.allow("unknown S-5") is None, "tracked keys stay throttled"
+    now[0] += 60.0
+    assert throttle.allow("unknown S-5") == 1, "a tracked key still reports what it held back"
+    fresh = [throttle.allow(f"fresh {i}") for i in range(150)]
+    assert fresh[:99] == [0] * 99, "keys past their interval make room, oldest first"
+    assert fresh[99] == 100_000 - 101, "then the overflow's line, counting the keys it held back"
+    assert fresh[100:] == [None] * 50
+    assert throttle.tracked == 100 and throttle.evicted == 99
+
+
+def test_log_throttle_overflow_key_reports_what_it_held_back() -> None:
+    now = [0.0]
+    throttle = LogThrottle(10.0, clock=lambda: now[0], max_keys=1)
+    assert throttle.allow("a") == 0
+    assert throttle.allow("b") == 0   # overflow's first line
+    assert throttle.allow("c") is None
+    assert throttle.allow("d") is None
+    now[0] += 10.0
+    assert throttle.allow("e") == 0, "a is past its interval: evicted, e takes its place"
+    assert throttle.allow("f") == 2, "the overflow's next line counts c and d"
+    with pytest.raises(ValueError):
+        LogThrottle(max_keys=0)

@@ -111,13 +111,17 @@ def test_alert_counter_and_state_are_stored_with_the_rows(tmp_path: Path) -> Non
         assert len(box.peek(10)) == 2
 
 
-def test_a_failed_append_stores_neither_rows_nor_counter_nor_state(tmp_path: Path) -> None:
+def test_an_append_the_file_cannot_take_is_held_in_memory_and_stores_nothing_partial(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.sqlite"
     with Outbox(path, max_messages=100, max_bytes=200_000) as box:
         box.append([alert(1)], last_alert_seq=1, state={"kernel": b"old"})
-        with pytest.raises(OutboxError, match=str(path)):
-            box.append([alert(2, size=1_000_000)], last_alert_seq=2, state={"kernel": b"new"})
-        assert box.last_alert_seq == 1
+        box.append([alert(2, size=1_000_000)], last_alert_seq=2, state={"kernel": b"new"})
+        assert (box.in_memory, box.last_alert_seq, box.load_state("kernel")) == (1, 2, b"new")
+        rows = box.peek(10)
+        assert numbers(rows) == [("alert", 1), ("alert", 2)] and rows[1][0] < 0
+        assert box.counters().pending_alerts == 2
+    assert "1 message(s) held in memory are lost" in caplog.text
     with Outbox(path, max_messages=100) as box:
         assert (box.last_alert_seq, box.load_state("kernel")) == (1, b"old")
         assert numbers(box.peek(10)) == [("alert", 1)]
@@ -142,9 +146,19 @@ def test_full_disk_drops_old_summaries_to_keep_new_alerts(tmp_path: Path,
     assert str(path) in disk_full_lines[0].getMessage()
 
 
-def test_unreadable_file_raises_outbox_error_naming_it(tmp_path: Path) -> None:
+def test_a_file_that_is_no_database_is_moved_aside_and_the_outbox_starts_fresh(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     path.write_bytes(b"this is not a database" * 100)
+    with Outbox(path, max_messages=10) as box:
+        (report,) = box.damage_reports()
+        assert report.file.read_bytes().startswith(b"this is not a database"), "kept as it was"
+        box.append([alert(1)], last_alert_seq=1)
+        assert numbers(box.peek(10)) == [("alert", 1)]
+
+
+def test_an_outbox_that_cannot_be_opened_raises_outbox_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    path.mkdir()  # not damage: something an operator has to fix
     with pytest.raises(OutboxError, match=str(path)) as err:
         Outbox(path, max_messages=10)
     assert isinstance(err.value, LifelineError)

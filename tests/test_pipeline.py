@@ -258,6 +258,50 @@ def test_restored_levels_do_not_raise_the_same_alert_again() -> None:
     assert third.step([raw("S1", [0.85] * 3, t0=T0 + 30_000)], []).alerts == []
 
 
+def test_a_delta_laid_over_an_older_full_state_resumes_each_sensor_where_its_alert_left_it() -> None:
+    """The levels of an alert with the counters of an older save cleared a raise after one
+    sample (counters counting up read as counting back down); the state saved with the alert
+    resumes exactly."""
+    first = make_pipeline({}, {})
+    assert first.step([raw("S1", [0.85] * 2)], []).alerts == []   # 2 of 3 samples held high
+    older = first.state_blob()
+    (raise_,) = first.step([raw("S1", [0.85], t0=T0 + 2_000)], []).alerts
+    assert (raise_.prev, raise_.level) == (0, 3)
+    delta, levels = first.state_blob({1}), first.levels_blob()
+    uninterrupted = first.step([raw("S1", [0.5] * 3, t0=T0 + 3_000)], []).alerts
+
+    resumed = make_pipeline({}, {}, last_alert_seq=first.last_alert_seq - len(uninterrupted))
+    assert resumed.restore(older, delta=delta)
+    again = resumed.step([raw("S1", [0.5] * 3, t0=T0 + 3_000)], []).alerts
+    assert [(a.id, a.prev, a.level, a.seq) for a in again] == \
+        [(a.id, a.prev, a.level, a.seq) for a in uninterrupted]
+    assert changes(again) == [("S1", "high", 3, 0)], "cleared after debounce samples, not one"
+
+    old_way = make_pipeline({}, {}, last_alert_seq=first.last_alert_seq - len(uninterrupted))
+    assert old_way.restore(older, levels)   # what earlier versions saved
+    assert old_way.step([raw("S1", [0.5], t0=T0 + 3_000)], []).alerts != [], \
+        "the old levels-only overlay clears after one sample (the bug the delta fixes)"
+
+
+def test_a_delta_with_a_sensor_the_full_state_lacks_adds_it_and_a_bad_delta_is_ignored() -> None:
+    first = make_pipeline({}, {})
+    full = first.state_blob()
+    first.step([raw("S0", [0.95] * 3)], [])
+    settings = [SensorSettings(id=i, site="s", **LEVEL) for i in ("S0", "S1")]  # type: ignore[arg-type]
+    lone = Pipeline(SensorRegistry(settings[:1]), [sensor_rules(settings[0], 0)], agent=AGENT, clock=Clock())
+    assert lone.restore(None, delta=first.state_blob({0}))
+    assert lone.step([raw("S0", [0.95] * 3, t0=T0 + 5_000)], []).alerts == [], "S0 resumed at level 4"
+    only_s1 = make_pipeline({"id": "S1"})
+    only_s1.step([raw("S1", [0.95] * 3)], [])
+    both = make_pipeline({}, {})
+    assert both.restore(make_pipeline({}).state_blob(), delta=only_s1.state_blob())
+    assert both.step([raw("S1", [0.95] * 3, t0=T0 + 5_000)], []).alerts == []
+    assert changes(both.step([raw("S0", [0.95] * 3, t0=T0 + 5_000)], []).alerts) == [("S0", "high", 0, 4)]
+    fresh = make_pipeline({}, {})
+    assert fresh.restore(full, delta=b"garbage")
+    assert changes(fresh.step([raw("S0", [0.95] * 3)], []).alerts) == [("S0", "high", 0, 4)]
+
+
 def test_saved_state_follows_sensors_by_id_when_the_config_changes() -> None:
     first = make_pipeline({}, {})
     first.step([raw("S1", [0.95] * 3)], [])

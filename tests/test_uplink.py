@@ -30,6 +30,7 @@ from lifeline.config import MqttSettings
 from lifeline.contract import Alert, alert_topic, decode_alert, decode_status, summary_topic
 from lifeline.errors import ConfigError
 from simulators.servers import MosquittoServer, free_port
+from tests.test_gateway_integration import eventually
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -335,25 +336,32 @@ def test_a_failing_ack_neither_resends_in_a_loop_nor_loses_rows(broker: Mosquitt
         sub.close()
 
 
-def test_a_flapping_connection_keeps_backing_off(broker: MosquittoServer,
-                                                 make_agent: Callable[..., Agent]) -> None:
+def test_a_taken_over_client_id_backs_off_then_moves_to_an_id_of_its_own(
+        broker: MosquittoServer, make_agent: Callable[..., Agent], caplog: pytest.LogCaptureFixture) -> None:
+    """Two uplinks configured with the same client id throw each other off (a cloned SD card):
+    short-lived connections keep backing off, and after a few the takeover is named and one
+    moves to an id of its own, so both stay connected (and the retained status stops flapping)."""
     delays: list[float] = []
-    flapped = threading.Event()
 
     def sleep(delay_s: float) -> None:
         delays.append(delay_s)
-        if len(delays) >= 6:
-            flapped.set()
         threading.Event().wait(delay_s)
 
-    # Two agents configured with the same client id take the session from each other forever.
     first = make_agent(broker.url, name="first", sleep=sleep, reconnect_initial_s=0.01, reconnect_max_s=0.3)
-    second = make_agent(broker.url, name="second", reconnect_initial_s=0.01, reconnect_max_s=0.3)
+    second = make_agent(broker.url, name="second", sleep=sleep, reconnect_initial_s=0.01, reconnect_max_s=0.3)
     first.uplink.start()
     assert first.uplink.wait_connected(10)
     second.uplink.start()
-    assert flapped.wait(20), f"the connection did not flap: {delays}"
-    assert delays[5] >= 0.1, f"short-lived connections must not reset the backoff: {delays}"
+    eventually(lambda: first.uplink.client_id_taken_over or second.uplink.client_id_taken_over, 20,
+               "the takeover to be seen")
+    moved = first if first.uplink.client_id != first.uplink.configured_client_id else second
+    assert moved.uplink.client_id.startswith(f"{AGENT}-") and moved.uplink.client_id_taken_over
+    eventually(lambda: first.uplink.connected and second.uplink.connected, 20, "both connected at once")
+    assert delays[2] > delays[0], f"short-lived connections must not reset the backoff: {delays}"
+    named = [r.getMessage() for r in caplog.records if "same client id" in r.getMessage()]
+    assert len(named) == 1 and f"client id {AGENT!r}" in named[0] and "cloned SD card" in named[0]
+    moved.send_alerts(3)
+    assert moved.uplink.wait_drained(10), "it delivers under its own id"
 
 
 # --------------------------------------------------------------------------- status and will

@@ -3,17 +3,24 @@
 The network thread does the least possible per message (one deque append with the receive time);
 decoding, validation and sequence checks happen in batches on the pipeline thread. This keeps the
 agent's CPU per message close to that of a bare paho subscriber.
+
+When another client keeps taking its client id (`edge_agent.takeover`: a cloned SD card in a
+second cabinet), the input says so once and reconnects under a client id of its own
+(`<id>-<8 hex>`): a clean-session subscriber needs no fixed id, and holding back would leave
+this cabinet without sensor data (and raise a `gap` on every sensor) half of the time.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from edge_agent.inputs.base import CLOCK, Ingress
+from edge_agent.takeover import SHORT_SESSION_S, TAKEOVERS_NEEDED, TakeoverWatch
 from lifeline.config import MqttSettings
 from lifeline.mqtt import make_client, stop_loop
 
@@ -32,12 +39,26 @@ class RawMqttInput:
         self._failed_once = False
         self._stopping = False
         self.connects = 0
-        self.client = make_client(settings, client_id)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._message_handler()
+        self.configured_client_id = client_id
+        #: The configured id, or one of our own after another client kept taking it.
+        self.client_id = client_id
+        self.takeover = TakeoverWatch()
+        self._switch_lock = threading.Lock()
+        self.client = self._new_client(client_id)
+
+    def _new_client(self, client_id: str) -> mqtt.Client:
+        client = make_client(self.settings, client_id)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._message_handler()
+        return client
+
+    @property
+    def client_id_taken_over(self) -> bool:
+        """Another client keeps taking the configured client id (true while we use our own)."""
+        return self.takeover.suspected or self.client_id != self.configured_client_id
 
     @property
     def connected(self) -> bool:
@@ -60,9 +81,11 @@ class RawMqttInput:
         A connect attempt to a host that does not answer can hold paho's thread for seconds;
         shutdown must not wait for that.
         """
-        self._stopping = True
-        self.client.disconnect()
-        stop_loop(self.client, timeout_s, name="raw-input-stop")
+        with self._switch_lock:
+            self._stopping = True
+            client = self.client
+        client.disconnect()
+        stop_loop(client, timeout_s, name="raw-input-stop")
         self._connected.clear()
 
     def _message_handler(self) -> Any:
@@ -85,6 +108,7 @@ class RawMqttInput:
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: Any, reason: Any,
                     properties: Any) -> None:
         if reason.is_failure:
+            self.takeover.failed_attempt()
             self._note_failure(f"refused: {reason}")
             return
         client.subscribe(self.subscription, qos=self.qos)
@@ -94,18 +118,50 @@ class RawMqttInput:
         if any(r.is_failure for r in reasons):
             self._note_failure(f"subscription to {self.subscription} refused: {reasons[0]}")
             return
+        if client is not self.client:
+            return
         self.connects += 1
         self._failed_once = False
+        self.takeover.connected()
         self._connected.set()
         log.info("raw input connected to %s, subscribed to %s", self._where(), self.subscription)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: Any, reason: Any,
                        properties: Any) -> None:
-        if self._connected.is_set() and not self._stopping:
-            self._connected.clear()
+        if client is not self.client or not self._connected.is_set() or self._stopping:
+            return
+        self._connected.clear()
+        was = self.takeover.suspected
+        if not self.takeover.lost()[0]:
             log.warning("raw input lost connection to %s (%s); reconnecting", self._where(), reason)
+        elif not was:
+            new_id = f"{self.configured_client_id}-{uuid.uuid4().hex[:8]}"
+            log.error("raw input: client id %r lost its connection to %s %d times in a row within %.0f s of "
+                      "connecting, each time let straight back in: another client is connecting with the "
+                      "same client id (a cloned SD card, or a second cabinet with this agent.id or "
+                      "raw_mqtt.client_id?); reconnecting as %r so this cabinet keeps its sensor data "
+                      "(status fault client_id_in_use)", self.client_id, self._where(), TAKEOVERS_NEEDED,
+                      SHORT_SESSION_S, new_id)
+            threading.Thread(target=self._switch_client_id, args=(client, new_id), name="raw-input-switch",
+                             daemon=True).start()
+
+    def _switch_client_id(self, old: mqtt.Client, client_id: str) -> None:
+        """Replace the client by one with `client_id` (on its own thread: paho's cannot stop itself)."""
+        with self._switch_lock:
+            if self._stopping:
+                return
+            self.client_id = client_id
+            self.client = self._new_client(client_id)
+            new = self.client
+        old.disconnect()
+        old.loop_stop()
+        s = self.settings
+        new.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        new.loop_start()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        if client is self.client:
+            self.takeover.failed_attempt()
         self._note_failure("cannot connect")
 
     def _note_failure(self, why: str) -> None:
