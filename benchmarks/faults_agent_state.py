@@ -88,7 +88,7 @@ class Centre:
         self.store = store
         self.since_ms = now_ms() - 3 * 3600_000  # replays stamp their samples up to 2 h back
         config = workdir / f"{gateway_id}.toml"
-        toml = (gateway_toml(broker, store).replace('id = "demo-gateway"', f'id = "{gateway_id}"')
+        toml = (gateway_toml(broker, store, workdir / f"{gateway_id}-state").replace('id = "demo-gateway"', f'id = "{gateway_id}"')
                 .replace(f'prefix = "{PREFIX}"\n', f'prefix = "{PREFIX}"\nreconnect_max_s = 1.0\n', 1))
         config.write_text(toml + 'unknown_agents = "accept"\n', encoding="utf-8")
         self.gateway_id = gateway_id
