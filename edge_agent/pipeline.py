@@ -38,7 +38,8 @@ rate/anomaly/drift rules (they take a sample older than the newest as simultaneo
 summaries. What the pipeline publishes follows the wall clock: Alert `ts` of an agent-stamped
 sample and of a gap, and Summary `t0`/`t1`, are agent time plus the wall clock's offset from
 it; times a sender stamped (`t0`, `ts`) are its own clock and pass unchanged. A step of at
-least `CLOCK_STEP_MS` is counted (`clock_steps`) and logged once, and the summary window in
+least `CLOCK_STEP_MS`, seen on two readings in a row (one odd reading is a glitch, not a step),
+is counted (`clock_steps`) and logged once, and the summary window in
 progress closes at once (a short window labelled in the old wall time) so the next ones align
 to the new wall clock. After a step back, windows and alerts may carry wall times already used
 before the step: that is what the wall clock says; alert ids stay unique since they are built
@@ -192,6 +193,8 @@ class Pipeline:
         self._clock = clock
         self._wall_offset = wall_offset or (CLOCK.wall_offset_ms if clock is now_ms else lambda: 0)
         self._offset_ms = self._wall_offset() or 0
+        #: A wall offset read once that differs by a step; followed when the next reading agrees.
+        self._step_seen: int | None = None
         #: Whether each sensor's latest samples were stamped by the agent (else by the sender).
         self._agent_stamped = np.ones(n, dtype=np.bool_)
         self._warnings = ThrottledWarnings(log)
@@ -565,8 +568,15 @@ class Pipeline:
         """Notice a step of the wall clock: count and log it, close the window in progress (its
         summary, labelled in the old wall time, is returned) and realign windows to the new one."""
         offset = self._wall_offset()
-        if offset is None or abs(offset - self._offset_ms) < CLOCK_STEP_MS:
+        if offset is None:
             return None
+        if abs(offset - self._offset_ms) < CLOCK_STEP_MS:
+            self._step_seen = None
+            return None
+        if self._step_seen is None or abs(offset - self._step_seen) >= CLOCK_STEP_MS:
+            self._step_seen = offset  # one reading is not a step: a racing or glitching clock read
+            return None
+        self._step_seen = None
         step, old = offset - self._offset_ms, self._offset_ms
         self.counters.clock_steps += 1
         log.warning("the wall clock stepped %s by %.3f s; published times follow it, gap timers, "

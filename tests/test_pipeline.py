@@ -334,3 +334,18 @@ def test_samples_sharing_a_millisecond_run_through_every_rule_of_a_profile() -> 
     alerts = pipeline.step(msgs, []).alerts
     assert ("S0", "high", 0, 2) in changes(alerts)
     assert pipeline.counters.samples == 202
+
+
+def test_a_wall_clock_step_is_followed_once_two_readings_agree_and_one_odd_reading_is_ignored() -> None:
+    readings = iter([0, 3_600_000, 0, 0, 3_600_000, 3_600_000, 3_600_000, 0, 0])
+    settings = [SensorSettings(id="S0", site="site-a", **LEVEL)]
+    clock = Clock()
+    pipeline = Pipeline(SensorRegistry(settings), [sensor_rules(settings[0], 0)], agent=AGENT, clock=clock,
+                        wall_offset=lambda: next(readings))
+    offsets = []
+    for _ in range(8):
+        clock.now += 100
+        pipeline.step([], [])
+        offsets.append(pipeline.wall_offset_ms)
+    assert offsets == [0, 0, 0, 0, 3_600_000, 3_600_000, 3_600_000, 0]
+    assert pipeline.counters.clock_steps == 2
