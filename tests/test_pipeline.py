@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -32,11 +32,12 @@ class Clock:
 
 
 def make_pipeline(*sensors: dict[str, Any], clock: Clock | None = None, last_alert_seq: int = 0,
-                  gap: GapSettings | None = None, window_s: float = 60.0) -> Pipeline:
+                  gap: GapSettings | None = None, window_s: float = 60.0,
+                  wall_offset: Callable[[], int | None] | None = None) -> Pipeline:
     settings = [SensorSettings(**{"id": f"S{i}", "site": "site-a", **LEVEL, **s}) for i, s in enumerate(sensors)]
     return Pipeline(SensorRegistry(settings), [sensor_rules(s, i) for i, s in enumerate(settings)],
                     agent=AGENT, clock=clock or Clock(), last_alert_seq=last_alert_seq, gap=gap or GapSettings(),
-                    gap_s=[s.gap_s for s in settings], window_s=window_s)
+                    gap_s=[s.gap_s for s in settings], window_s=window_s, wall_offset=wall_offset)
 
 
 def raw(sensor: str, values: Sequence[float], *, t0: int = T0, dt: float = 1000.0, seq: int | None = None,
@@ -338,10 +339,8 @@ def test_samples_sharing_a_millisecond_run_through_every_rule_of_a_profile() -> 
 
 def test_a_wall_clock_step_is_followed_once_two_readings_agree_and_one_odd_reading_is_ignored() -> None:
     readings = iter([0, 3_600_000, 0, 0, 3_600_000, 3_600_000, 3_600_000, 0, 0])
-    settings = [SensorSettings(id="S0", site="site-a", **LEVEL)]
     clock = Clock()
-    pipeline = Pipeline(SensorRegistry(settings), [sensor_rules(settings[0], 0)], agent=AGENT, clock=clock,
-                        wall_offset=lambda: next(readings))
+    pipeline = make_pipeline({}, clock=clock, wall_offset=lambda: next(readings))
     offsets = []
     for _ in range(8):
         clock.now += 100
